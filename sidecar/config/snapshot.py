@@ -1,0 +1,278 @@
+"""The proxy's running configuration, in Envoy's vocabulary.
+
+Theory of operation: the translator turns typed mesh resources (Services, Sidecars, ...) into one
+immutable `Snapshot` of listeners, route configs and clusters. The data plane reads a snapshot once
+per connection (listeners, filter chains) or request (routes) and never mutates it. A reload builds a
+whole new snapshot off to the side and the server swaps it in with one assignment; connections in
+flight keep the one they started with.
+
+Everything here is a frozen dataclass of tuples, frozensets and read-only mappings, so it can be
+shared freely and compared for equality (the cluster manager keeps pools for clusters that did not
+change across a reload).
+"""
+
+from __future__ import annotations
+
+import enum
+import ipaddress
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+Labels = frozenset[tuple[str, str]]
+
+PASSTHROUGH_CLUSTER = "PassthroughCluster"
+INBOUND_PASSTHROUGH_CLUSTER = "InboundPassthroughCluster"
+BLACKHOLE_CLUSTER = "BlackHoleCluster"
+
+VIRTUAL_OUTBOUND = "virtualOutbound"
+VIRTUAL_INBOUND = "virtualInbound"
+
+
+class Protocol(enum.Enum):
+    """What a port speaks, as Istio reads it from `appProtocol` or the port name prefix."""
+
+    HTTP = "HTTP"
+    HTTP2 = "HTTP2"
+    GRPC = "GRPC"
+    TCP = "TCP"
+    TLS = "TLS"
+    UNSUPPORTED = "UNSUPPORTED"  # unknown name: detected at runtime (until detection lands: TCP)
+
+    @property
+    def is_http(self) -> bool:
+        return self in (Protocol.HTTP, Protocol.HTTP2, Protocol.GRPC)
+
+
+class Direction(enum.Enum):
+    """Which way traffic flows through this proxy relative to the workload it serves."""
+
+    INBOUND = "inbound"
+    OUTBOUND = "outbound"
+
+
+class DiscoveryType(enum.Enum):
+    """How a cluster finds its endpoints (Envoy's cluster discovery types)."""
+
+    STATIC = "STATIC"  # endpoints listed in the snapshot (EDS in Envoy; the same to us)
+    ORIGINAL_DST = "ORIGINAL_DST"  # the downstream connection's original destination
+    STRICT_DNS = "STRICT_DNS"  # resolve `dns_name` asynchronously, every address an endpoint
+    LOGICAL_DNS = "LOGICAL_DNS"  # resolve `dns_name`, first address only
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    """One upstream host: an address and port, with the workload's identity and placement."""
+
+    address: str  # IP address (or hostname for DNS clusters after resolution)
+    port: int
+    labels: Labels = frozenset()
+    service_account: str = ""
+    locality: str = ""  # "region/zone/subzone"
+    weight: int = 1
+    workload: str = ""  # "Kind/namespace/name" of the Pod or WorkloadEntry, for /clusters
+
+    def label(self, key: str, default: str = "") -> str:
+        for k, v in self.labels:
+            if k == key:
+                return v
+        return default
+
+
+@dataclass(frozen=True, slots=True)
+class Cluster:
+    """A named group of endpoints the proxy can send traffic to."""
+
+    name: str  # "outbound|9080|v1|reviews.default.svc.cluster.local", "inbound|9080||"
+    discovery: DiscoveryType
+    protocol: Protocol = Protocol.TCP
+    endpoints: tuple[Endpoint, ...] = ()
+    dns_name: str = ""  # STRICT_DNS / LOGICAL_DNS: the name to resolve
+    dns_port: int = 0
+    connect_timeout: float = 10.0  # seconds; Istio's default connectTimeout
+    idle_timeout: float = 3600.0  # seconds an idle upstream connection is kept (Envoy: 1h)
+    source_address: str | None = None  # bind upstream sockets here (inbound: 127.0.0.6 / ::6)
+    max_requests_per_connection: int = 0  # 0 = unlimited
+    service: str = ""  # FQDN of the Service or ServiceEntry host this cluster serves
+    service_namespace: str = ""
+    direction: Direction = Direction.OUTBOUND
+
+
+@dataclass(frozen=True, slots=True)
+class HeaderMatch:
+    """Match one request header (name is lower-case); exactly one of the criteria is set."""
+
+    name: str
+    exact: str | None = None
+    prefix: str | None = None
+    regex: str | None = None
+    present: bool | None = None  # True: must be present; False: must be absent
+    invert: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class RouteMatch:
+    """What a request must look like for a route to apply; default matches every request."""
+
+    prefix: str | None = "/"
+    path: str | None = None  # exact path
+    regex: str | None = None  # full-match regex on the path (no query)
+    case_sensitive: bool = True
+    headers: tuple[HeaderMatch, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class WeightedCluster:
+    """One destination of a weighted split."""
+
+    cluster: str
+    weight: int
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """Where a matching request goes, and under what policy."""
+
+    name: str
+    match: RouteMatch
+    cluster: str = ""  # single destination; or
+    weighted_clusters: tuple[WeightedCluster, ...] = ()  # a split (weights sum > 0)
+    timeout: float | None = None  # seconds; None = no route timeout (Istio's default)
+    direct_status: int | None = None  # directResponse / synthetic answer instead of forwarding
+    direct_body: bytes = b""
+
+
+@dataclass(frozen=True, slots=True)
+class VirtualHost:
+    """A set of domains (Host/:authority values) and the ordered routes for them."""
+
+    name: str  # "reviews.default.svc.cluster.local:9080"
+    domains: tuple[str, ...]  # exact names, "*.suffix", "prefix*" or "*"; with and without ":port"
+    routes: tuple[Route, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class RouteConfig:
+    """Virtual hosts for one HTTP listener or outbound port (named like Istio: "9080")."""
+
+    name: str
+    virtual_hosts: tuple[VirtualHost, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class FilterChainMatch:
+    """Which connections a filter chain takes; empty fields match anything.
+
+    Selection follows Envoy: the most specific destination port first (an exact port beats no
+    port), then the longest destination prefix.
+    """
+
+    destination_port: int | None = None
+    prefix_ranges: tuple[IPNetwork, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class HttpConnectionManager:
+    """L7: decode HTTP, route each request by `route_config`."""
+
+    route_config: str
+    stat_prefix: str
+    protocol: Protocol = Protocol.HTTP
+
+
+@dataclass(frozen=True, slots=True)
+class TcpProxy:
+    """L4: relay bytes to `cluster`."""
+
+    cluster: str
+    stat_prefix: str
+    idle_timeout: float = 3600.0  # seconds; Envoy's tcp_proxy default is 1h
+
+
+NetworkFilter = HttpConnectionManager | TcpProxy
+
+
+@dataclass(frozen=True, slots=True)
+class FilterChain:
+    """A match and the network filter that handles the connections it matches."""
+
+    name: str
+    match: FilterChainMatch
+    filter: NetworkFilter
+
+
+@dataclass(frozen=True, slots=True)
+class Listener:
+    """A socket the proxy accepts on, and how it hands each connection to a filter chain."""
+
+    name: str  # "virtualOutbound", "virtualInbound", "127.0.0.1_9080"
+    address: str
+    port: int
+    direction: Direction
+    use_original_dst: bool  # read SO_ORIGINAL_DST (iptables REDIRECT capture)
+    filter_chains: tuple[FilterChain, ...]
+    default_filter_chain: FilterChain | None = None  # no chain matched: this, else close
+
+
+@dataclass(frozen=True, slots=True)
+class Workload:
+    """The workload this proxy serves, as found in the mesh config (Pod or WorkloadEntry)."""
+
+    name: str
+    namespace: str
+    labels: Labels = frozenset()
+    service_account: str = "default"
+    address: str = ""
+
+    def label(self, key: str, default: str = "") -> str:
+        for k, v in self.labels:
+            if k == key:
+                return v
+        return default
+
+
+def _readonly(d: Mapping[str, Any]) -> Mapping[str, Any]:
+    return MappingProxyType(dict(d))
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """One complete, immutable configuration of the proxy."""
+
+    version: str
+    workload: Workload
+    listeners: tuple[Listener, ...]
+    route_configs: Mapping[str, RouteConfig] = field(default_factory=dict)
+    clusters: Mapping[str, Cluster] = field(default_factory=dict)
+    warnings: tuple[str, ...] = ()  # rendered ConfigIssues of severity warning
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "route_configs", _readonly(self.route_configs))
+        object.__setattr__(self, "clusters", _readonly(self.clusters))
+
+    def to_json(self) -> dict[str, Any]:
+        """The snapshot as plain JSON data, for the admin `/config_dump`."""
+        return _jsonable(self)  # type: ignore[no-any-return]
+
+
+def _jsonable(value: Any) -> Any:
+    if hasattr(value, "__dataclass_fields__"):
+        return {name: _jsonable(getattr(value, name)) for name in value.__dataclass_fields__}
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, frozenset):
+        items = [_jsonable(v) for v in value]
+        if all(isinstance(i, list) and len(i) == 2 for i in items):
+            return dict(sorted((str(i[0]), i[1]) for i in items))
+        return sorted(items, key=str)
+    if isinstance(value, tuple | list):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, ipaddress.IPv4Network | ipaddress.IPv6Network):
+        return str(value)
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    return value

@@ -1,0 +1,149 @@
+"""What every connection can reach while it runs, and the record it keeps of itself.
+
+Theory of operation: the server owns one `Runtime` (cluster manager, access log, drain manager,
+server-wide counters) and hands it, with the snapshot current at accept time, to each downstream
+connection. Each request (HTTP) or connection (TCP) fills one `StreamInfo` as it goes; when it ends,
+the StreamInfo is given to the access log (and, later, metrics and tracing). StreamInfo uses slots
+and plain fields so filling it costs attribute stores, nothing more.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol
+
+from sidecar.outcome import ResponseFlag
+
+if TYPE_CHECKING:
+    from sidecar.bootstrap import Bootstrap
+    from sidecar.config.snapshot import FilterChain, Listener, Snapshot
+    from sidecar.upstream.cluster import ClusterManager
+
+Address = tuple[str, int]
+
+
+@dataclass(frozen=True, slots=True)
+class Downstream:
+    """One accepted downstream connection, as the listener hands it to a network filter."""
+
+    remote: Address  # the client
+    local: Address  # where the client meant to go: the original destination when captured
+    direct_local: Address  # the listener socket's own address
+    listener: Listener
+    chain: FilterChain
+    snapshot: Snapshot  # read once at accept; the connection keeps it to the end
+    original_dst: Address | None = None  # set when the listener reads SO_ORIGINAL_DST
+
+
+@dataclass(slots=True)
+class StreamInfo:
+    """Everything known about one request (L7) or one connection (L4), for logs and stats."""
+
+    start_time: float = field(default_factory=time.time)  # wall clock, for the log timestamp
+    start_mono: float = field(default_factory=time.monotonic)
+    end_mono: float = 0.0
+    protocol: str = "-"  # "HTTP/1.1", "HTTP/2", or "-" for TCP
+    method: str = "-"
+    path: str = "-"  # as received (x-envoy-original-path semantics: before rewrites)
+    authority: str = "-"
+    user_agent: str = "-"
+    request_id: str = "-"
+    forwarded_for: str = "-"
+    response_code: int = 0  # 0 = no response sent
+    response_flags: ResponseFlag = ResponseFlag.NONE
+    response_code_details: str = "-"
+    bytes_received: int = 0  # request body (L7) / bytes from downstream (L4)
+    bytes_sent: int = 0  # response body (L7) / bytes to downstream (L4)
+    upstream_cluster: str = "-"
+    upstream_host: str = "-"  # "ip:port"
+    upstream_local_address: str = "-"
+    upstream_transport_failure_reason: str = "-"
+    upstream_service_time_ms: int | None = None  # first upstream byte - request sent
+    route_name: str = "-"
+    downstream_local_address: str = "-"  # the original destination when captured
+    downstream_remote_address: str = "-"
+    downstream_direct_remote_address: str = "-"
+    requested_server_name: str = "-"
+    listener_name: str = "-"
+    direction: str = "-"  # "inbound" | "outbound"
+
+    def finish(self) -> None:
+        if not self.end_mono:
+            self.end_mono = time.monotonic()
+
+    @property
+    def duration_ms(self) -> int:
+        end = self.end_mono or time.monotonic()
+        return int((end - self.start_mono) * 1000)
+
+
+class AccessLogger(Protocol):
+    """Receives each finished stream; must not block and must not raise."""
+
+    def log(self, info: StreamInfo) -> None: ...
+
+
+class Drainable(Protocol):
+    """A downstream connection the drain manager can ask to finish up."""
+
+    def drain(self) -> None:
+        """Close now if idle; otherwise finish the work in flight, then close."""
+
+    def abort(self) -> None:
+        """Close now, whatever is in flight (drain time is over)."""
+
+
+@dataclass(slots=True)
+class ServerCounters:
+    """Server-wide counters in Envoy's names (listener/http stats), read by admin /stats."""
+
+    downstream_cx_total: int = 0
+    downstream_cx_active: int = 0
+    downstream_cx_destroy: int = 0
+    downstream_rq_total: int = 0
+    downstream_rq_active: int = 0
+    downstream_rq_4xx: int = 0
+    downstream_rq_5xx: int = 0
+    downstream_cx_protocol_error: int = 0
+
+
+class Runtime:
+    """The long-lived services a connection uses; one per proxy process."""
+
+    __slots__ = ("access_log", "bootstrap", "cluster_manager", "connections", "counters", "draining")
+
+    def __init__(
+        self,
+        bootstrap: Bootstrap,
+        cluster_manager: ClusterManager,
+        access_log: AccessLogger,
+    ) -> None:
+        self.bootstrap = bootstrap
+        self.cluster_manager = cluster_manager
+        self.access_log = access_log
+        self.counters = ServerCounters()
+        self.connections: set[Drainable] = set()
+        self.draining = False
+
+    def connection_opened(self, conn: Drainable) -> None:
+        self.connections.add(conn)
+        self.counters.downstream_cx_total += 1
+        self.counters.downstream_cx_active += 1
+        if self.draining:
+            conn.drain()
+
+    def connection_closed(self, conn: Drainable) -> None:
+        if conn in self.connections:
+            self.connections.discard(conn)
+            self.counters.downstream_cx_active -= 1
+            self.counters.downstream_cx_destroy += 1
+
+    def drain_all(self) -> None:
+        self.draining = True
+        for conn in list(self.connections):
+            conn.drain()
+
+    def abort_all(self) -> None:
+        for conn in list(self.connections):
+            conn.abort()

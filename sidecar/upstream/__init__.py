@@ -1,0 +1,1 @@
+"""Upstream: clusters, load balancing, connection pools, connecting."""

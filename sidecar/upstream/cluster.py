@@ -1,0 +1,171 @@
+"""The cluster manager: live state for each cluster of the current snapshot.
+
+Theory of operation: a snapshot's `Cluster` is static description; `ClusterState` is what lives
+beside it at run time: the load balancer, the connection pools per endpoint (owned by the protocol
+that made them, stored here under a key of their choosing), counters in Envoy's names, and for DNS
+clusters the resolved endpoints, refreshed in the background without blocking the event loop.
+On reload, a cluster whose description did not change keeps its state (and its warm pools); the
+others are rebuilt and the old state's pools close once idle.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+from collections.abc import Hashable
+from dataclasses import dataclass
+from typing import Protocol
+
+from sidecar.config.snapshot import Cluster, DiscoveryType, Endpoint, Snapshot
+from sidecar.upstream.lb import RoundRobin
+
+log = logging.getLogger(__name__)
+
+DNS_REFRESH_SECONDS = 5.0  # Envoy's dns_refresh_rate default
+
+
+class Pool(Protocol):
+    """A connection pool to one endpoint; the cluster manager only ever closes it."""
+
+    def close(self) -> None: ...
+
+
+@dataclass(slots=True)
+class ClusterCounters:
+    """Per-cluster counters in Envoy's names (cluster.<name>.upstream_*)."""
+
+    upstream_cx_total: int = 0
+    upstream_cx_active: int = 0
+    upstream_cx_connect_fail: int = 0
+    upstream_cx_connect_timeout: int = 0
+    upstream_cx_destroy: int = 0
+    upstream_rq_total: int = 0
+    upstream_rq_active: int = 0
+    upstream_rq_timeout: int = 0
+    upstream_rq_pending_overflow: int = 0
+    upstream_rq_2xx: int = 0
+    upstream_rq_3xx: int = 0
+    upstream_rq_4xx: int = 0
+    upstream_rq_5xx: int = 0
+    upstream_cx_tx_bytes_total: int = 0
+    upstream_cx_rx_bytes_total: int = 0
+
+
+class ClusterState:
+    """A cluster's run-time state: endpoints as currently known, balancer, pools, counters."""
+
+    __slots__ = ("_dns_task", "cluster", "counters", "endpoints", "lb", "pools")
+
+    def __init__(self, cluster: Cluster) -> None:
+        self.cluster = cluster
+        self.endpoints: tuple[Endpoint, ...] = cluster.endpoints
+        self.lb = RoundRobin(self.endpoints)
+        self.pools: dict[Hashable, Pool] = {}
+        self.counters = ClusterCounters()
+        self._dns_task: asyncio.Task[None] | None = None
+
+    def choose(self, original_dst: tuple[str, int] | None) -> Endpoint | None:
+        """The endpoint for the next request or connection, or None when there is none (UH)."""
+        if self.cluster.discovery is DiscoveryType.ORIGINAL_DST:
+            if original_dst is None:
+                return None
+            return Endpoint(address=original_dst[0], port=original_dst[1])
+        return self.lb.choose()
+
+    def start(self) -> None:
+        """Begin background work (DNS resolution) for this cluster; needs a running loop."""
+        if self.cluster.discovery in (DiscoveryType.STRICT_DNS, DiscoveryType.LOGICAL_DNS):
+            if self._dns_task is None:
+                self._dns_task = asyncio.get_running_loop().create_task(self._resolve_forever())
+
+    async def resolve_now(self) -> None:
+        """Resolve the DNS name once and install the addresses as endpoints."""
+        c = self.cluster
+        loop = asyncio.get_running_loop()
+        try:
+            infos = await loop.getaddrinfo(
+                c.dns_name, c.dns_port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP
+            )
+        except OSError as exc:
+            log.warning("cluster %s: resolving %s failed: %s", c.name, c.dns_name, exc)
+            return
+        addrs: list[str] = []
+        for _family, _type, _proto, _name, sockaddr in infos:
+            addr = str(sockaddr[0])
+            if addr not in addrs:
+                addrs.append(addr)
+        if c.discovery is DiscoveryType.LOGICAL_DNS:
+            addrs = addrs[:1]
+        template = c.endpoints[0] if c.endpoints else Endpoint(address="", port=c.dns_port)
+        eps = tuple(
+            Endpoint(
+                address=a,
+                port=c.dns_port,
+                labels=template.labels,
+                locality=template.locality,
+                workload=c.dns_name,
+            )
+            for a in addrs
+        )
+        if eps != self.endpoints:
+            self.endpoints = eps
+            self.lb = RoundRobin(eps)
+
+    async def _resolve_forever(self) -> None:
+        while True:
+            await self.resolve_now()
+            await asyncio.sleep(DNS_REFRESH_SECONDS)
+
+    def close(self) -> None:
+        if self._dns_task is not None:
+            self._dns_task.cancel()
+            self._dns_task = None
+        for pool in list(self.pools.values()):
+            pool.close()
+        self.pools.clear()
+
+
+class ClusterManager:
+    """Cluster states for the current snapshot, updated in place on reload."""
+
+    __slots__ = ("_states",)
+
+    def __init__(self) -> None:
+        self._states: dict[str, ClusterState] = {}
+
+    def get(self, name: str) -> ClusterState | None:
+        return self._states.get(name)
+
+    def states(self) -> list[ClusterState]:
+        return list(self._states.values())
+
+    def update(self, snapshot: Snapshot) -> None:
+        """Adopt the snapshot's clusters: keep unchanged ones, rebuild changed, drop removed."""
+        new: dict[str, ClusterState] = {}
+        for name, cluster in snapshot.clusters.items():
+            old = self._states.get(name)
+            if old is not None and old.cluster == cluster:
+                new[name] = old
+            else:
+                state = ClusterState(cluster)
+                if old is not None:
+                    state.counters = old.counters
+                new[name] = state
+        for name, old in self._states.items():
+            if new.get(name) is not old:
+                old.close()
+        self._states = new
+        with contextlib.suppress(RuntimeError):  # no running loop: started later by start()
+            asyncio.get_running_loop()
+            self.start()
+
+    def start(self) -> None:
+        for state in self._states.values():
+            state.start()
+
+    def close(self) -> None:
+        for state in self._states.values():
+            state.close()
+        self._states.clear()
