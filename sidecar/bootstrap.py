@@ -62,6 +62,7 @@ class Bootstrap:
     admin_port: int = 15000
     admin_address: str = "127.0.0.1"
     status_port: int = 15021  # ProxyConfig.statusPort
+    status_address: str = "0.0.0.0"  # kubelet probes reach it on the pod IP
     prometheus_port: int = 15090
     bind_address: str = "0.0.0.0"  # capture listeners' address
     ipv6: bool = False  # also listen on [::] for captured IPv6 traffic

@@ -35,6 +35,7 @@ class ResponseFlag(enum.Flag):
     UMSDR = enum.auto()  # upstream max stream duration reached
     OM = enum.auto()  # overload manager
     DF = enum.auto()  # DNS resolution failure
+    NC = enum.auto()  # upstream cluster not found
     RBAC = enum.auto()  # not an Envoy flag name; Envoy writes RBAC denials as the detail "rbac_access_denied"
 
     def code(self) -> str:
@@ -59,6 +60,7 @@ SYNTHETIC_STATUS: dict[ResponseFlag, int] = {
     ResponseFlag.DPE: 400,
     ResponseFlag.UPE: 502,
     ResponseFlag.DF: 503,
+    ResponseFlag.NC: 503,
 }
 
 # Envoy's body text for its locally generated responses.
@@ -82,4 +84,5 @@ SYNTHETIC_BODY: dict[ResponseFlag, bytes] = {
     ResponseFlag.UPE: b"upstream connect error or disconnect/reset before headers. reset reason: "
     b"protocol error",
     ResponseFlag.DF: b"dns resolution failure",
+    ResponseFlag.NC: b"cluster not found",
 }

@@ -1,0 +1,185 @@
+"""L4 network filter: connect to the chain's cluster and relay bytes both ways.
+
+Theory of operation: the listener hands over an accepted downstream transport. Reading is paused
+while the upstream connection is made (so nothing is buffered without a bound; bytes that already
+arrived are kept and sent first). On success both transports are spliced into a `Relay`; on failure
+the downstream is closed and the outcome (UF, UH, NC) recorded. One `StreamInfo` per connection
+goes to the access log when the relay ends, with the bytes each way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from sidecar.config.snapshot import Endpoint, TcpProxy
+from sidecar.outcome import ResponseFlag
+from sidecar.runtime import Downstream, Runtime, StreamInfo
+from sidecar.tcp.relay import Relay, splice
+from sidecar.upstream.cluster import ClusterState
+from sidecar.upstream.connect import UpstreamConnectError, connect
+
+log = logging.getLogger(__name__)
+
+
+def _addr(a: tuple[str, int] | None) -> str:
+    if a is None:
+        return "-"
+    return f"[{a[0]}]:{a[1]}" if ":" in a[0] else f"{a[0]}:{a[1]}"
+
+
+class _Upstream(asyncio.Protocol):
+    """Placeholder protocol while connecting; the relay replaces it at once."""
+
+    __slots__ = ("early", "lost")
+
+    def __init__(self) -> None:
+        self.early = bytearray()
+        self.lost = False
+
+    def data_received(self, data: bytes) -> None:  # pragma: no cover - server-first, before splice
+        self.early += data
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
+
+
+class TcpProxyProtocol(asyncio.Protocol):
+    """One downstream connection of an L4 filter chain, until it is spliced to its upstream."""
+
+    __slots__ = (
+        "_config",
+        "_downstream",
+        "_info",
+        "_pending",
+        "_relay",
+        "_runtime",
+        "_state",
+        "_task",
+        "_transport",
+    )
+
+    def __init__(self, runtime: Runtime, downstream: Downstream, config: TcpProxy) -> None:
+        self._runtime = runtime
+        self._downstream = downstream
+        self._config = config
+        self._transport: asyncio.Transport | None = None
+        self._pending = bytearray()
+        self._relay: Relay | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._state: ClusterState | None = None
+        info = StreamInfo()
+        info.downstream_remote_address = _addr(downstream.remote)
+        info.downstream_direct_remote_address = info.downstream_remote_address
+        info.downstream_local_address = _addr(downstream.local)
+        info.listener_name = downstream.listener.name
+        info.direction = downstream.listener.direction.value
+        info.upstream_cluster = config.cluster
+        self._info = info
+
+    # -- downstream, before the splice -------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+        self._runtime.connection_opened(self)
+        transport.pause_reading()
+        state = self._runtime.cluster_manager.get(self._config.cluster)
+        if state is None:
+            self._fail(ResponseFlag.NC, "cluster_not_found")
+            return
+        self._state = state
+        endpoint = state.choose(self._downstream.original_dst or self._downstream.local)
+        if endpoint is None:
+            self._fail(ResponseFlag.UH, "no_healthy_upstream")
+            return
+        self._info.upstream_host = _addr((endpoint.address, endpoint.port))
+        self._task = asyncio.get_running_loop().create_task(self._connect(state, endpoint))
+
+    def data_received(self, data: bytes) -> None:
+        # Bytes read before pause took effect (or handed over by the listener).
+        self._pending += data
+
+    def eof_received(self) -> bool:
+        return True  # half-close before the splice: keep going; the relay forwards the EOF
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._relay is None and not self._info.end_mono:
+            if self._task is not None and not self._task.done():
+                self._task.cancel()
+            self._info.response_flags |= ResponseFlag.DC
+            self._end()
+
+    # -- upstream -----------------------------------------------------------------------------
+    async def _connect(self, state: ClusterState, endpoint: Endpoint) -> None:
+        counters = state.counters
+        counters.upstream_cx_total += 1
+        try:
+            upstream, proto = await connect(state.cluster, endpoint, _Upstream)
+        except UpstreamConnectError as exc:
+            counters.upstream_cx_connect_fail += 1
+            if "timeout" in exc.reason:
+                counters.upstream_cx_connect_timeout += 1
+            self._info.upstream_transport_failure_reason = exc.reason
+            self._fail(exc.flag, "upstream_connect_failed")
+            return
+        down = self._transport
+        if down is None or down.is_closing():
+            upstream.close()
+            return
+        if proto.lost:
+            self._fail(ResponseFlag.UC, "upstream_closed")
+            return
+        counters.upstream_cx_active += 1
+        local = upstream.get_extra_info("sockname")
+        if local:
+            self._info.upstream_local_address = _addr((local[0], local[1]))
+        upstream.pause_reading()
+        self._relay = splice(
+            down,
+            upstream,
+            on_close=self._relay_closed,
+            a_pending=bytes(self._pending),
+            b_pending=bytes(proto.early),
+            idle_timeout=self._config.idle_timeout,
+        )
+        self._pending.clear()
+
+    def _relay_closed(self, relay: Relay, exc: Exception | None) -> None:
+        info = self._info
+        info.bytes_received = relay.a_to_b
+        info.bytes_sent = relay.b_to_a
+        if self._state is not None:
+            c = self._state.counters
+            c.upstream_cx_active -= 1
+            c.upstream_cx_destroy += 1
+            c.upstream_cx_tx_bytes_total += relay.a_to_b
+            c.upstream_cx_rx_bytes_total += relay.b_to_a
+        if exc is not None:
+            info.response_flags |= ResponseFlag.UC
+        self._end()
+
+    # -- ending -------------------------------------------------------------------------------
+    def _fail(self, flag: ResponseFlag, details: str) -> None:
+        self._info.response_flags |= flag
+        self._info.response_code_details = details
+        if self._transport is not None and not self._transport.is_closing():
+            self._transport.close()
+        self._end()
+
+    def _end(self) -> None:
+        info = self._info
+        if info.end_mono:
+            return
+        info.finish()
+        self._runtime.connection_closed(self)
+        self._runtime.access_log.log(info)
+
+    # -- Drainable ----------------------------------------------------------------------------
+    def drain(self) -> None:
+        """L4 has no request boundary: let the relay run until it ends or drain time is up."""
+
+    def abort(self) -> None:
+        if self._relay is not None:
+            self._relay.close()
+        elif self._transport is not None:
+            self._transport.abort()
