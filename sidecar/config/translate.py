@@ -1,0 +1,159 @@
+"""Mesh config + bootstrap -> Snapshot. Pure and deterministic.
+
+Theory of operation: find the workload this proxy serves (Pod or WorkloadEntry named like the pod,
+else the Deployment-like whose name prefixes the pod name, as generated pod names do), pick its
+Sidecar resource (`scope`), build the service registry (`registry`), then the outbound side
+(`translate_outbound`) and the inbound side (`translate_inbound`), plus the fixed clusters every
+sidecar has. Objects are read sorted by namespace and name, so file order never changes the
+result; `Snapshot.version` is a short hash of the snapshot's content.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import replace
+
+from sidecar.bootstrap import Bootstrap
+from sidecar.config import translate_inbound as inbound
+from sidecar.config import translate_outbound as outbound
+from sidecar.config.registry import Notes, RegistryBuilder
+from sidecar.config.resources import Deployment, MeshConfig, Pod, WorkloadEntry
+from sidecar.config.scope import Scope, select_sidecar
+from sidecar.config.snapshot import (
+    BLACKHOLE_CLUSTER,
+    INBOUND_PASSTHROUGH_CLUSTER,
+    PASSTHROUGH_CLUSTER,
+    Cluster,
+    Direction,
+    DiscoveryType,
+    HttpConnectionManager,
+    Listener,
+    RouteConfig,
+    Snapshot,
+    Workload,
+)
+
+
+def find_workload(mesh: MeshConfig, boot: Bootstrap, notes: Notes) -> inbound.WorkloadInfo:
+    """The Pod, WorkloadEntry or Deployment-like this proxy serves."""
+    name, ns = boot.pod_name, boot.pod_namespace
+    for pod in mesh.of(Pod):
+        if (pod.meta.namespace, pod.meta.name) == (ns, name):
+            named = tuple((p.name, p.container_port) for p in pod.ports if p.name)
+            w = Workload(
+                name, ns, pod.meta.labels, pod.service_account, pod.pod_ip or boot.instance_ip
+            )
+            return inbound.WorkloadInfo(w, named)
+    for we in mesh.of(WorkloadEntry):
+        if (we.meta.namespace, we.meta.name) == (ns, name):
+            s = we.spec
+            w = Workload(name, ns, s.labels, s.service_account or boot.service_account, s.address)
+            return inbound.WorkloadInfo(w, s.ports, is_entry=True)
+    owners = [
+        d
+        for d in mesh.of(Deployment)
+        if d.meta.namespace == ns and name.startswith(d.meta.name + "-")
+    ]
+    if owners:
+        d = max(owners, key=lambda o: len(o.meta.name))
+        named = tuple((p.name, p.container_port) for p in d.ports if p.name)
+        w = Workload(name, ns, d.template_labels, d.service_account, boot.instance_ip)
+        return inbound.WorkloadInfo(w, named)
+    if name:
+        notes.warn(
+            None,
+            "pod_name",
+            f"no Pod, WorkloadEntry or Deployment for pod {ns}/{name}; the workload has no labels",
+        )
+    return inbound.WorkloadInfo(
+        Workload(name, ns, frozenset(), boot.service_account, boot.instance_ip)
+    )
+
+
+def _fixed_clusters(boot: Bootstrap) -> list[Cluster]:
+    return [
+        Cluster(PASSTHROUGH_CLUSTER, DiscoveryType.ORIGINAL_DST),
+        Cluster(BLACKHOLE_CLUSTER, DiscoveryType.STATIC),
+        Cluster(
+            INBOUND_PASSTHROUGH_CLUSTER,
+            DiscoveryType.ORIGINAL_DST,
+            source_address=boot.inbound_passthrough_ipv4,
+            direction=Direction.INBOUND,
+        ),
+    ]
+
+
+def translate(mesh: MeshConfig, boot: Bootstrap) -> Snapshot:
+    """Build the snapshot for the proxy `boot` describes from the mesh config."""
+    notes = Notes()
+    info = find_workload(mesh, boot, notes)
+    sidecar = select_sidecar(mesh, info.workload.namespace, info.workload.labels)
+    scope = Scope(info.workload.namespace, sidecar)
+    policy = (
+        sidecar.outbound_policy
+        if sidecar is not None and sidecar.outbound_policy is not None
+        else boot.outbound_policy
+    )
+    services = RegistryBuilder(mesh, boot.cluster_domain, notes).build()
+
+    listeners: list[Listener] = []
+    clusters: dict[str, Cluster] = {c.name: c for c in _fixed_clusters(boot)}
+    routes: dict[str, RouteConfig] = {}
+
+    # Outbound: capture listener, plus explicit egress listeners.
+    captured = outbound.visible_ports(services, scope)
+    http_ports: set[int] = set()
+    if scope.capture and boot.outbound_port:
+        listeners.append(outbound.virtual_outbound(boot, captured, policy, notes))
+        for svc, port in captured:
+            clusters[outbound.cluster_name(svc, port)] = outbound.outbound_cluster(svc, port)
+            if port.protocol.is_http:
+                http_ports.add(port.port)
+        for p in sorted(http_ports):
+            routes[str(p)] = outbound.route_config(p, captured, scope, policy)
+    if sidecar is not None:
+        for i, entry in enumerate(sidecar.egress):
+            if entry.port is None or not entry.bind:
+                continue
+            pairs = outbound.visible_ports(services, scope, entry)
+            listener = outbound.egress_listener(sidecar, i, entry, pairs, notes)
+            if listener is None:
+                continue
+            listeners.append(listener)
+            for svc, port in pairs:
+                if port.port == entry.port.number:
+                    clusters[outbound.cluster_name(svc, port)] = outbound.outbound_cluster(
+                        svc, port
+                    )
+            if isinstance(listener.filter_chains[0].filter, HttpConnectionManager):
+                routes[str(entry.port.number)] = outbound.route_config(
+                    entry.port.number, pairs, scope, policy
+                )
+
+    # Inbound.
+    ports = (
+        inbound.from_sidecar(sidecar, boot)
+        if sidecar is not None and sidecar.ingress
+        else inbound.from_services(mesh, info, notes)
+    )
+    for ip in ports:
+        clusters[ip.cluster] = inbound.inbound_cluster(ip, boot)
+        if ip.protocol.is_http:
+            routes[ip.cluster] = inbound.inbound_route_config(ip)
+        if ip.bind:
+            listeners.append(inbound.bound_listener(ip))
+    if scope.capture and boot.inbound_port:
+        listeners.append(inbound.virtual_inbound(ports, boot))
+
+    warnings = tuple(str(i) for i in (*mesh.warnings, *notes.issues))
+    snap = Snapshot(
+        version="",
+        workload=info.workload,
+        listeners=tuple(listeners),
+        route_configs=dict(sorted(routes.items())),
+        clusters=dict(sorted(clusters.items())),
+        warnings=warnings,
+    )
+    digest = hashlib.sha256(json.dumps(snap.to_json(), sort_keys=True).encode()).hexdigest()
+    return replace(snap, version=digest[:12])

@@ -1,0 +1,213 @@
+"""Outbound: clusters, route configs and listeners for traffic the workload sends.
+
+Theory of operation (Istio's sidecar outbound): every visible service port gets a cluster
+`outbound|PORT||HOST`. The capture listener `virtualOutbound` picks a filter chain by the original
+destination: HTTP-ish ports share one chain per port (no address match) whose HTTP connection
+manager routes by Host through route config "PORT" (one virtual host per service on that port);
+TCP ports get a chain per service matching its VIP (or, headless, its endpoint IPs) that relays to
+its cluster. Unmatched traffic goes to PassthroughCluster (ALLOW_ANY) or BlackHoleCluster
+(REGISTRY_ONLY). Sidecar egress entries with a `bind` get their own explicit listener.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable
+
+from sidecar.bootstrap import Bootstrap, OutboundPolicy
+from sidecar.config.protocol import port_protocol
+from sidecar.config.registry import MeshPort, MeshService, Notes
+from sidecar.config.resources import EgressListener, Sidecar
+from sidecar.config.scope import Scope
+from sidecar.config.snapshot import (
+    BLACKHOLE_CLUSTER,
+    PASSTHROUGH_CLUSTER,
+    VIRTUAL_OUTBOUND,
+    Cluster,
+    Direction,
+    FilterChain,
+    FilterChainMatch,
+    HttpConnectionManager,
+    IPNetwork,
+    Listener,
+    Protocol,
+    Route,
+    RouteConfig,
+    RouteMatch,
+    TcpProxy,
+    VirtualHost,
+)
+
+ServicePort = tuple[MeshService, MeshPort]
+
+
+def cluster_name(svc: MeshService, port: MeshPort) -> str:
+    return f"outbound|{port.port}||{svc.hostname}"
+
+
+def visible_ports(
+    services: Iterable[MeshService], scope: Scope, egress: EgressListener | None = None
+) -> list[ServicePort]:
+    """(service, port) pairs the workload may reach, in hostname order."""
+    return [(s, p) for s in services for p in s.ports if scope.visible(s, p.port, egress)]
+
+
+def outbound_cluster(svc: MeshService, port: MeshPort) -> Cluster:
+    return Cluster(
+        name=cluster_name(svc, port),
+        discovery=svc.discovery,
+        protocol=port.protocol,
+        endpoints=port.endpoints,
+        dns_name=port.dns_name,
+        dns_port=port.dns_port,
+        service=svc.hostname,
+        service_namespace=svc.namespace,
+    )
+
+
+def _domains(svc: MeshService, port: int, proxy_ns: str) -> tuple[str, ...]:
+    names: list[str] = [svc.hostname]
+    if svc.name:  # a Kubernetes Service: the shorter names its clients use
+        if svc.namespace == proxy_ns:
+            names.append(svc.name)
+        ns = f"{svc.name}.{svc.namespace}"
+        names += [ns, f"{ns}.svc"]
+    names += svc.vips
+    out: list[str] = []
+    for n in names:
+        bracketed = f"[{n}]" if ":" in n else n
+        out += [n, f"{bracketed}:{port}"]
+    return tuple(out)
+
+
+def route_config(
+    port: int, pairs: list[ServicePort], scope: Scope, policy: OutboundPolicy
+) -> RouteConfig:
+    """Route config "PORT": one virtual host per HTTP service on the port, then allow_any."""
+    vhosts = [
+        VirtualHost(
+            name=f"{svc.hostname}:{port}",
+            domains=_domains(svc, port, scope.namespace),
+            routes=(Route("default", RouteMatch(prefix="/"), cluster=cluster_name(svc, p)),),
+        )
+        for svc, p in pairs
+        if p.port == port and p.protocol.is_http
+    ]
+    if policy is OutboundPolicy.ALLOW_ANY:
+        vhosts.append(
+            VirtualHost(
+                "allow_any", ("*",), (Route("allow_any", RouteMatch(), PASSTHROUGH_CLUSTER),)
+            )
+        )
+    return RouteConfig(str(port), tuple(vhosts))
+
+
+def _http_protocol(pairs: list[ServicePort], port: int) -> Protocol:
+    protos = {p.protocol for _, p in pairs if p.port == port and p.protocol.is_http}
+    return protos.pop() if len(protos) == 1 else Protocol.HTTP
+
+
+def _prefixes(svc: MeshService, port: MeshPort) -> tuple[IPNetwork, ...] | None:
+    """Destination prefixes for a TCP chain: VIPs, or endpoint IPs when headless; () = any."""
+    addresses = [e.address for e in port.endpoints] if svc.headless else list(svc.vips)
+    nets: list[IPNetwork] = []
+    for a in addresses:
+        try:
+            nets.append(ipaddress.ip_network(a, strict=False))
+        except ValueError:
+            continue
+    if svc.headless and not nets:
+        return None  # headless with no endpoints: nothing to match
+    return tuple(sorted(set(nets), key=str))
+
+
+def outbound_chains(pairs: list[ServicePort], notes: Notes) -> list[FilterChain]:
+    """virtualOutbound's filter chains for the visible service ports."""
+    chains: dict[tuple[int, tuple[IPNetwork, ...]], FilterChain] = {}
+    for svc, p in pairs:
+        if p.protocol.is_http:
+            key: tuple[int, tuple[IPNetwork, ...]] = (p.port, ())
+            if key in chains and isinstance(chains[key].filter, HttpConnectionManager):
+                continue
+            hcm = HttpConnectionManager(
+                str(p.port), f"outbound_0.0.0.0_{p.port}", _http_protocol(pairs, p.port)
+            )
+            chains[key] = FilterChain(f"0.0.0.0_{p.port}", FilterChainMatch(p.port), hcm)
+            continue
+        prefixes = _prefixes(svc, p)
+        if prefixes is None:
+            continue
+        key = (p.port, prefixes)
+        name = cluster_name(svc, p)
+        if key in chains:
+            notes.warn(
+                None,
+                "",
+                f"{name}: port {p.port} already taken by "
+                f"{chains[key].name}; not reachable through capture",
+            )
+            continue
+        label = ",".join(str(n) for n in prefixes) or "0.0.0.0"
+        chains[key] = FilterChain(
+            f"{label}_{p.port}", FilterChainMatch(p.port, prefixes), TcpProxy(name, name)
+        )
+    return [chains[k] for k in sorted(chains, key=lambda k: (k[0], [str(n) for n in k[1]]))]
+
+
+def default_chain(policy: OutboundPolicy) -> FilterChain:
+    target = PASSTHROUGH_CLUSTER if policy is OutboundPolicy.ALLOW_ANY else BLACKHOLE_CLUSTER
+    return FilterChain("PassthroughFilterChain", FilterChainMatch(), TcpProxy(target, target))
+
+
+def virtual_outbound(
+    boot: Bootstrap, pairs: list[ServicePort], policy: OutboundPolicy, notes: Notes
+) -> Listener:
+    return Listener(
+        name=VIRTUAL_OUTBOUND,
+        address=boot.bind_address,
+        port=boot.outbound_port,
+        direction=Direction.OUTBOUND,
+        use_original_dst=True,
+        filter_chains=tuple(outbound_chains(pairs, notes)),
+        default_filter_chain=default_chain(policy),
+    )
+
+
+def egress_listener(
+    sidecar: Sidecar, index: int, entry: EgressListener, pairs: list[ServicePort], notes: Notes
+) -> Listener | None:
+    """An egress entry with a port and a bind: its own listener on bind:port."""
+    port = entry.port
+    if port is None:
+        return None
+    path = f"spec.egress[{index}]"
+    name = f"{entry.bind}_{port.number}"
+    on_port = [(s, p) for s, p in pairs if p.port == port.number]
+    explicit = port.protocol or port.name
+    is_http = (
+        port_protocol(port.protocol, port.name).is_http
+        if explicit
+        else any(p.protocol.is_http for _, p in on_port)
+    )
+    net: HttpConnectionManager | TcpProxy
+    if is_http:
+        net = HttpConnectionManager(str(port.number), name, _http_protocol(on_port, port.number))
+    else:
+        if len(on_port) != 1:
+            notes.warn(
+                sidecar,
+                path,
+                f"a TCP egress listener needs exactly one service on port "
+                f"{port.number} among its hosts, found {len(on_port)}; listener skipped",
+            )
+            return None
+        cluster = cluster_name(*on_port[0])
+        net = TcpProxy(cluster, cluster)
+    return Listener(
+        name,
+        entry.bind,
+        port.number,
+        Direction.OUTBOUND,
+        False,
+        (FilterChain(name, FilterChainMatch(), net),),
+    )
