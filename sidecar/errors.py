@@ -55,7 +55,7 @@ class BootstrapError(SidecarError):
 
 
 class ProtocolError(SidecarError):
-    """A peer broke the protocol; `status` is what the proxy answers downstream (if it still can)."""
+    """A peer broke the protocol; `status` is what the proxy answers downstream, if it still can."""
 
     def __init__(self, reason: str, status: int = 400) -> None:
         self.reason = reason

@@ -1,7 +1,7 @@
 """Envoy's response flags: the one vocabulary for how a request or connection ended.
 
-The same value feeds the access log (`%RESPONSE_FLAGS%`), the `response_flags` metric label, the span
-tag and the synthetic response the proxy sends when it, not the upstream, answers.
+The same value feeds the access log (`%RESPONSE_FLAGS%`), the `response_flags` metric label, the
+span tag and the synthetic response the proxy sends when it, not the upstream, answers.
 """
 
 from __future__ import annotations
@@ -36,7 +36,8 @@ class ResponseFlag(enum.Flag):
     OM = enum.auto()  # overload manager
     DF = enum.auto()  # DNS resolution failure
     NC = enum.auto()  # upstream cluster not found
-    RBAC = enum.auto()  # not an Envoy flag name; Envoy writes RBAC denials as the detail "rbac_access_denied"
+    # Not an Envoy flag: Envoy reports RBAC denials in the details ("rbac_access_denied...").
+    RBAC = enum.auto()
 
     def code(self) -> str:
         """Envoy's text form: codes joined by ',' in declaration order, '-' when none."""

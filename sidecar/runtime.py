@@ -111,7 +111,14 @@ class ServerCounters:
 class Runtime:
     """The long-lived services a connection uses; one per proxy process."""
 
-    __slots__ = ("access_log", "bootstrap", "cluster_manager", "connections", "counters", "draining")
+    __slots__ = (
+        "access_log",
+        "bootstrap",
+        "cluster_manager",
+        "connections",
+        "counters",
+        "draining",
+    )
 
     def __init__(
         self,

@@ -2,9 +2,9 @@
 
 Theory of operation: the translator turns typed mesh resources (Services, Sidecars, ...) into one
 immutable `Snapshot` of listeners, route configs and clusters. The data plane reads a snapshot once
-per connection (listeners, filter chains) or request (routes) and never mutates it. A reload builds a
-whole new snapshot off to the side and the server swaps it in with one assignment; connections in
-flight keep the one they started with.
+per connection (listeners, filter chains) or request (routes) and never mutates it. A reload
+builds a whole new snapshot off to the side and the server swaps it in with one assignment;
+connections in flight keep the one they started with.
 
 Everything here is a frozen dataclass of tuples, frozensets and read-only mappings, so it can be
 shared freely and compared for equality (the cluster manager keeps pools for clusters that did not

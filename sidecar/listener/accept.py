@@ -81,7 +81,7 @@ class AcceptProtocol(asyncio.Protocol):
             if orig is None or orig == direct_local:
                 # Not redirected: a connection straight to the capture port. Forwarding it to its
                 # "original" destination would loop back here, so refuse it, as Envoy does.
-                log.debug("%s: connection from %s was not redirected; closing", listener.name, remote)
+                log.debug("%s: %s was not redirected; closing", listener.name, remote)
                 transport.close()
                 return
             local = orig

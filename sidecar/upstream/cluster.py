@@ -76,9 +76,9 @@ class ClusterState:
 
     def start(self) -> None:
         """Begin background work (DNS resolution) for this cluster; needs a running loop."""
-        if self.cluster.discovery in (DiscoveryType.STRICT_DNS, DiscoveryType.LOGICAL_DNS):
-            if self._dns_task is None:
-                self._dns_task = asyncio.get_running_loop().create_task(self._resolve_forever())
+        dns = (DiscoveryType.STRICT_DNS, DiscoveryType.LOGICAL_DNS)
+        if self.cluster.discovery in dns and self._dns_task is None:
+            self._dns_task = asyncio.get_running_loop().create_task(self._resolve_forever())
 
     async def resolve_now(self) -> None:
         """Resolve the DNS name once and install the addresses as endpoints."""

@@ -52,4 +52,4 @@ async def connect(
     sock = transport.get_extra_info("socket")
     if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    return transport, protocol  # type: ignore[return-value]
+    return transport, protocol
