@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+from typing import cast
 
 from sidecar.config.snapshot import HttpConnectionManager, Listener, Snapshot
 from sidecar.http.connection_manager import HttpConnectionManagerProtocol
@@ -67,8 +68,8 @@ class AcceptProtocol(asyncio.Protocol):
         self._runtime = runtime
         self._handle = handle
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
+    def connection_made(self, base: asyncio.BaseTransport) -> None:
+        transport = cast(asyncio.Transport, base)  # uvloop's transports are not subclasses
         handle = self._handle
         listener = handle.listener
         remote = _pair(transport.get_extra_info("peername"))

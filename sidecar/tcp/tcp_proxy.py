@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import cast
 
 from sidecar.config.snapshot import Endpoint, TcpProxy
 from sidecar.outcome import ResponseFlag
@@ -78,8 +79,8 @@ class TcpProxyProtocol(asyncio.Protocol):
         self._info = info
 
     # -- downstream, before the splice -------------------------------------------------------
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
+    def connection_made(self, base: asyncio.BaseTransport) -> None:
+        transport = cast(asyncio.Transport, base)  # uvloop's transports are not subclasses
         self._transport = transport
         self._runtime.connection_opened(self)
         transport.pause_reading()
