@@ -87,7 +87,7 @@ def test_invalid_reload_is_refused_and_the_running_config_stays(upstreams: tuple
 
 
 def test_bad_config_at_start_exits_nonzero_naming_the_problem() -> None:
-    sc = SidecarProcess("kind: Service\nmetadata: {name: x}\nspec:\n  ports:\n  - port: -1\n")
+    sc = SidecarProcess("apiVersion: v1\nkind: Service\nmetadata: {name: x}\nspec:\n  ports:\n  - port: -1\n")
     sc.start(expect_ready=False)
     assert sc.proc is not None
     assert sc.proc.wait(15) == 1
