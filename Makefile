@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 SYSTEM_TOOLS := curl nginx haproxy wrk hey h2load iptables ip promtool
-APT_PACKAGES := curl nginx haproxy wrk hey nghttp2-client iptables iproute2 prometheus procps
+APT_PACKAGES := curl nginx libnginx-mod-stream haproxy wrk hey nghttp2-client iptables iproute2 prometheus procps
 
 .PHONY: demo test lint unit bench system-deps clean
 
@@ -18,6 +18,7 @@ test: $(STAMP) system-deps lint
 lint: $(STAMP)
 	$(BIN)/ruff check sidecar tests benchmarks
 	$(BIN)/mypy
+	$(BIN)/mypy --strict benchmarks/*.py
 
 unit: $(STAMP)
 	$(BIN)/pytest -q tests/unit

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from sidecar.bootstrap import Bootstrap
 from sidecar.config.snapshot import (
     Cluster,
+    Direction,
     DiscoveryType,
     Endpoint,
     FilterChain,
@@ -21,7 +22,6 @@ from sidecar.config.snapshot import (
     NetworkFilter,
     Snapshot,
     Workload,
-    Direction,
 )
 from sidecar.listener.accept import ListenerHandle, acceptor
 from sidecar.runtime import Runtime, StreamInfo

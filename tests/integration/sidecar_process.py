@@ -54,12 +54,24 @@ class SidecarProcess:
         self.stdout_path = self.dir / "stdout.log"
         self.stderr_path = self.dir / "stderr.log"
         self.args = [
-            sys.executable, "-m", "sidecar.cli", "run",
-            "--config", str(self.config),
-            "--outbound-port", "0", "--inbound-port", "0",
-            "--admin-port", str(self.admin_port),
-            "--status-address", "127.0.0.1", "--status-port", str(self.status_port),
-            "--prometheus-port", "0",
+            sys.executable,
+            "-m",
+            "sidecar.cli",
+            "run",
+            "--config",
+            str(self.config),
+            "--outbound-port",
+            "0",
+            "--inbound-port",
+            "0",
+            "--admin-port",
+            str(self.admin_port),
+            "--status-address",
+            "127.0.0.1",
+            "--status-port",
+            str(self.status_port),
+            "--prometheus-port",
+            "0",
             *extra,
         ]
         self.env = {**os.environ, **(env or {})}

@@ -49,7 +49,9 @@ def upstreams() -> Iterator[tuple[int, int]]:
     b.shutdown()
 
 
-def _get(port: int, conn: http.client.HTTPConnection | None = None, **headers: str) -> tuple[int, str, str]:
+def _get(
+    port: int, conn: http.client.HTTPConnection | None = None, **headers: str
+) -> tuple[int, str, str]:
     c = conn or http.client.HTTPConnection("127.0.0.1", port, timeout=10)
     c.request("GET", "/", headers=headers)
     r = c.getresponse()
@@ -79,7 +81,9 @@ def test_invalid_reload_is_refused_and_the_running_config_stays(upstreams: tuple
     pa, _ = upstreams
     port = free_port()
     with SidecarProcess(ingress_sidecar_yaml(port, pa)) as sc:
-        sc.config.write_text(ingress_sidecar_yaml(port, pa).replace(f"number: {port}", "number: 70000"))
+        sc.config.write_text(
+            ingress_sidecar_yaml(port, pa).replace(f"number: {port}", "number: 70000")
+        )
         text = sc.wait_log("config rejected")
         assert "mesh.yaml" in text and "70000" in text
         assert _get(port)[:2] == (200, "from a\n")
@@ -87,7 +91,9 @@ def test_invalid_reload_is_refused_and_the_running_config_stays(upstreams: tuple
 
 
 def test_bad_config_at_start_exits_nonzero_naming_the_problem() -> None:
-    sc = SidecarProcess("apiVersion: v1\nkind: Service\nmetadata: {name: x}\nspec:\n  ports:\n  - port: -1\n")
+    sc = SidecarProcess(
+        "apiVersion: v1\nkind: Service\nmetadata: {name: x}\nspec:\n  ports:\n  - port: -1\n"
+    )
     sc.start(expect_ready=False)
     assert sc.proc is not None
     assert sc.proc.wait(15) == 1

@@ -38,15 +38,22 @@ async def proxy() -> AsyncIterator[tuple[SidecarProcess, int]]:
 
 async def _curl(*args: str) -> subprocess.CompletedProcess[bytes]:
     proc = await asyncio.create_subprocess_exec(
-        "curl", "-sS", "--max-time", "60", *args,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        "curl",
+        "-sS",
+        "--max-time",
+        "60",
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
     )
     out, err = await proc.communicate()
     assert proc.returncode == 0, err.decode()
     return subprocess.CompletedProcess(args, proc.returncode, out, err)
 
 
-async def test_chunked_download_streams_with_bounded_memory(proxy: tuple[SidecarProcess, int]) -> None:
+async def test_chunked_download_streams_with_bounded_memory(
+    proxy: tuple[SidecarProcess, int],
+) -> None:
     sc, port = proxy
     before = sc.rss_peak_kib()
     res = await _curl("-o", "-", f"http://127.0.0.1:{port}/bytes/{SIZE}")
@@ -60,8 +67,15 @@ async def test_slow_reader_does_not_grow_the_proxy(proxy: tuple[SidecarProcess, 
     before = sc.rss_peak_kib()
     # 20 MB at 10 MB/s: the upstream can write far faster than curl reads.
     size = 20 * 1024 * 1024
-    res = await _curl("--limit-rate", "10M", "-o", "/dev/null", "-w", "%{size_download}",
-                      f"http://127.0.0.1:{port}/bytes/{size}")
+    res = await _curl(
+        "--limit-rate",
+        "10M",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{size_download}",
+        f"http://127.0.0.1:{port}/bytes/{size}",
+    )
     assert int(res.stdout) == size
     assert sc.rss_peak_kib() - before < GROWTH_LIMIT_KIB
 
@@ -75,7 +89,8 @@ async def test_chunked_upload_streams_with_bounded_memory(
     curl = await asyncio.create_subprocess_shell(
         f"head -c {SIZE} /dev/zero | curl -sS --max-time 60 -T - -H 'expect:' "
         f"http://127.0.0.1:{port}/count",
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
     )
     out, err = await curl.communicate()
     assert curl.returncode == 0, err.decode()

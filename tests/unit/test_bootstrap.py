@@ -11,7 +11,11 @@ from sidecar.errors import BootstrapError
 def test_istio_defaults() -> None:
     b = build({}, env={})
     assert (b.outbound_port, b.inbound_port, b.admin_port, b.status_port, b.prometheus_port) == (
-        15001, 15006, 15000, 15021, 15090,
+        15001,
+        15006,
+        15000,
+        15021,
+        15090,
     )
     assert b.inbound_passthrough_ipv4 == "127.0.0.6"
     assert b.tracing.sampling == 1.0
@@ -19,7 +23,10 @@ def test_istio_defaults() -> None:
 
 
 def test_proxy_config_yaml_and_json() -> None:
-    yaml_text = "concurrency: 2\ndrainDuration: 30s\ntracing:\n  sampling: 10\n  zipkin:\n    address: zipkin:9411\n"
+    yaml_text = (
+        "concurrency: 2\ndrainDuration: 30s\n"
+        "tracing:\n  sampling: 10\n  zipkin:\n    address: zipkin:9411\n"
+    )
     b = build({}, env={"PROXY_CONFIG": yaml_text})
     assert b.concurrency == 2 and b.drain_duration == 30.0
     assert b.tracing.zipkin_address == "zipkin:9411" and b.tracing.sampling == 10.0
@@ -53,7 +60,9 @@ def test_env_then_flags_override() -> None:
         ({}, {"access_log_format": "xml"}, "text or json"),
     ],
 )
-def test_bad_bootstrap_is_refused_with_a_reason(env: dict[str, str], overrides: dict[str, object], message: str) -> None:
+def test_bad_bootstrap_is_refused_with_a_reason(
+    env: dict[str, str], overrides: dict[str, object], message: str
+) -> None:
     with pytest.raises(BootstrapError, match=message):
         build(overrides, env=env)
 

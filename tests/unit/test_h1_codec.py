@@ -1,0 +1,112 @@
+"""The sans-I/O HTTP/1.1 codec: bytes in, events out; limits; encoders."""
+
+from __future__ import annotations
+
+import pytest
+
+from sidecar.http.h1 import (
+    H1ClientCodec,
+    H1ServerCodec,
+    chunk,
+    encode_request_head,
+    encode_response_head,
+    last_chunk,
+)
+from sidecar.http.stream import End, RequestHead, ResponseHead
+
+
+def test_request_split_across_reads_with_pipelined_second() -> None:
+    codec = H1ServerCodec()
+    data = (b"POST /p?q=1 HTTP/1.1\r\nHost: Svc:80\r\nContent-Length: 5\r\nUser-Agent: t\r\n"
+            b"X-Forwarded-For: 1.1.1.1\r\n\r\nhello"
+            b"GET /two HTTP/1.1\r\nHost: svc\r\n\r\n")
+    events = []
+    for i in range(0, len(data), 7):
+        events += codec.feed(data[i : i + 7])
+    assert codec.error is None
+    heads = [e for e in events if isinstance(e, RequestHead)]
+    assert [h.path for h in heads] == [b"/p?q=1", b"/two"]
+    first = heads[0]
+    assert first.method == b"POST" and first.authority == b"Svc:80"
+    assert first.content_length == 5 and first.user_agent == b"t"
+    assert first.forwarded_for == b"1.1.1.1"
+    assert b"".join(e for e in events if isinstance(e, bytes)) == b"hello"
+    assert sum(isinstance(e, End) for e in events) == 2
+    assert [n for n, _ in first.headers] == [b"User-Agent"]
+
+
+def test_hop_by_hop_consumed_and_connection_named_removed() -> None:
+    codec = H1ServerCodec()
+    (head, _end) = codec.feed(
+        b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close, X-A\r\nX-A: 1\r\nX-B: 2\r\n"
+        b"Keep-Alive: 5\r\nTE: trailers\r\nProxy-Connection: x\r\n\r\n")
+    assert isinstance(head, RequestHead)
+    assert head.headers == [(b"X-B", b"2")]
+    assert head.keep_alive is False and head.te_trailers is True
+
+
+def test_chunked_request_with_trailers() -> None:
+    codec = H1ServerCodec()
+    events = codec.feed(b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
+                        b"3\r\nabc\r\n0\r\nX-T: 1\r\n\r\n")
+    head, body, end = events
+    assert isinstance(head, RequestHead) and head.chunked
+    assert body == b"abc"
+    assert isinstance(end, End) and end.trailers == [(b"X-T", b"1")]
+
+
+@pytest.mark.parametrize(
+    ("data", "status"),
+    [
+        (b"GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n", 400),
+        (b"GET /" + b"a" * 17000 + b" HTTP/1.1\r\n", 414),
+        (b"GET / HTTP/1.1\r\n" + b"X: y\r\n" * 101 + b"\r\n", 431),
+        (b"GET / HTTP/1.1\r\nX: " + b"y" * 100_000, 431),
+        (b"GET / HTTP/1.1\r\n\r\n", 400),
+        (b"CONNECT a:443 HTTP/1.1\r\nHost: a:443\r\n\r\n", 405),
+    ],
+)
+def test_errors_carry_status(data: bytes, status: int) -> None:
+    codec = H1ServerCodec()
+    codec.feed(data)
+    assert codec.error is not None and codec.error.status == status
+
+
+def test_upgrade_tail_returned() -> None:
+    codec = H1ServerCodec()
+    events = codec.feed(b"GET /ws HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\n"
+                        b"Upgrade: websocket\r\n\r\nRAW")
+    assert isinstance(events[0], RequestHead) and events[0].upgrade == b"websocket"
+    assert codec.upgraded and codec.upgrade_tail == b"RAW"
+
+
+def test_client_codec_informational_head_and_eof_bodies() -> None:
+    codec = H1ClientCodec()
+    events = codec.feed(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n"
+                        b"Connection: keep-alive\r\n\r\nok")
+    head, body, end = events
+    assert isinstance(head, ResponseHead) and head.status == 200 and head.reason == b"OK"
+    assert head.content_length == 2 and head.headers == []
+    assert body == b"ok" and isinstance(end, End)
+    codec.expect_no_body = True  # HEAD
+    (h2, e2) = codec.feed(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n")
+    assert isinstance(h2, ResponseHead) and isinstance(e2, End)
+    (h3, b3) = codec.feed(b"HTTP/1.1 200 OK\r\n\r\nuntil-close")
+    assert isinstance(h3, ResponseHead) and not h3.keep_alive and b3 == b"until-close"
+    assert codec.in_message
+    assert isinstance(codec.feed_eof()[0], End)
+
+
+def test_encoders() -> None:
+    head = RequestHead(b"POST", b"/x", [(b"A", b"1")])
+    head.authority = b"svc"
+    head.chunked = True
+    head.request_id = b"id"
+    assert encode_request_head(head) == (
+        b"POST /x HTTP/1.1\r\nhost: svc\r\nA: 1\r\nx-request-id: id\r\n"
+        b"transfer-encoding: chunked\r\n\r\n")
+    resp = ResponseHead(404, b"Not Found", [(b"B", b"2")])
+    assert encode_response_head(resp, chunked=False, close=True) == (
+        b"HTTP/1.1 404 Not Found\r\nB: 2\r\nconnection: close\r\n\r\n")
+    assert b"".join(chunk(b"abc")) == b"3\r\nabc\r\n"
+    assert last_chunk([(b"T", b"v")]) == b"0\r\nT: v\r\n\r\n"
