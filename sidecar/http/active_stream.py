@@ -1,0 +1,396 @@
+"""One request/response exchange through the proxy: route, upstream, forwarding, outcome.
+
+Theory of operation: the connection manager creates an `ActiveStream` per request head and feeds
+it the request's events; the upstream connection feeds it the response's events (it is the
+upstream's `ResponseSink`). The stream is protocol-neutral: it sees heads, body chunks and ends,
+and calls its downstream (`DownstreamConn`) and upstream (`UpstreamH1Connection`) to send them, so
+the same class can serve an HTTP/2 codec later.
+
+Lifecycle: `start()` routes (vhost by authority, first matching route), picks the cluster and the
+endpoint, and takes an idle pooled connection, or starts one connect task (the only await on the
+request path; until it completes, request body is buffered up to a bound, then the downstream is
+paused). The exchange completes when both the request and the response have ended; then the
+upstream connection goes back to its pool if both sides kept it clean, the StreamInfo is logged,
+and the connection manager moves on to the next (pipelined) request.
+
+Failures become Envoy's local replies with response flags, in one place (`fail`): before the
+response head was sent, a synthetic response (404 NR, 503 NC/UH/UF/UC, 502 UPE, 504 UT); after, a
+reset of the downstream connection. The route timeout runs from the end of the request to the end
+of the response.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, Protocol
+
+from sidecar.http import local_reply
+from sidecar.http.headers import apply_forwarding
+from sidecar.http.router import CompiledRoute, RouteTable
+from sidecar.http.stream import End, RequestHead, ResponseHead
+from sidecar.outcome import ResponseFlag
+from sidecar.runtime import Downstream, Runtime, StreamInfo
+from sidecar.upstream.connect import UpstreamConnectError
+from sidecar.upstream.http1_pool import Http1Pool, UpstreamH1Connection
+
+if TYPE_CHECKING:
+    from sidecar.upstream.cluster import ClusterState
+
+PENDING_LIMIT = 64 * 1024  # request body buffered while the upstream connection is being made
+PAUSE_UPSTREAM = 1  # reasons the downstream is paused (bits)
+PAUSE_BUFFER = 2
+
+
+class DownstreamConn(Protocol):
+    """What a stream needs from the downstream connection that carries it."""
+
+    runtime: Runtime
+    downstream: Downstream
+    table: RouteTable | None
+    remote_ip: bytes
+    write_paused: bool
+
+    def send_head(self, stream: ActiveStream, head: ResponseHead) -> None: ...
+    def send_data(self, data: bytes) -> None: ...
+    def send_end(self, end: End) -> None: ...
+    def send_continue(self) -> None: ...
+    def flush(self) -> None: ...
+    def send_local_reply(self, stream: ActiveStream, status: int, body: bytes) -> None: ...
+    def reset(self) -> None: ...
+    def pause_reading(self, reason: int) -> None: ...
+    def resume_reading(self, reason: int) -> None: ...
+    def stream_complete(self, stream: ActiveStream) -> None: ...
+    def switch_to_relay(self, stream: ActiveStream, upstream: asyncio.Transport,
+                        tail: bytes) -> None: ...
+
+
+class ActiveStream:
+    """One request and its response; also the upstream connection's ResponseSink."""
+
+    __slots__ = (
+        "_pending",
+        "_pending_bytes",
+        "_timer",
+        "attached",
+        "conn",
+        "done",
+        "head",
+        "info",
+        "pool",
+        "request_done",
+        "response_done",
+        "response_started",
+        "route",
+        "state",
+        "up_paused",
+        "upgrading",
+        "upstream",
+    )
+
+    def __init__(self, conn: DownstreamConn, head: RequestHead, info: StreamInfo) -> None:
+        self.conn = conn
+        self.head = head
+        self.info = info
+        self.route: CompiledRoute | None = None
+        self.state: ClusterState | None = None
+        self.pool: Http1Pool | None = None
+        self.upstream: UpstreamH1Connection | None = None
+        self._pending: list[bytes | End] | None = None  # set while connecting
+        self._pending_bytes = 0
+        self._timer: asyncio.TimerHandle | None = None
+        self.request_done = False
+        self.response_started = False
+        self.response_done = False
+        self.done = False
+        self.up_paused = False
+        self.upgrading = False
+        self.attached = False  # an upstream request was sent (upstream_rq_* counted)
+
+    # request side (called by the connection manager) ---------------------------------------
+
+    def start(self) -> None:
+        head = self.head
+        conn = self.conn
+        if head.expect_continue:
+            conn.send_continue()
+        table = conn.table
+        r = table.route(head) if table is not None else None
+        if r is None:
+            self.fail(ResponseFlag.NR)
+            return
+        self.route = r
+        route = r.route
+        self.info.route_name = route.name
+        if route.direct_status is not None:
+            self._local(route.direct_status, route.direct_body)
+            return
+        name = r.cluster()
+        self.info.upstream_cluster = name
+        state = conn.runtime.cluster_manager.get(name)
+        if state is None:
+            self.fail(ResponseFlag.NC)
+            return
+        self.state = state
+        ds = conn.downstream
+        endpoint = state.choose(ds.original_dst or ds.local)
+        if endpoint is None:
+            self.fail(ResponseFlag.UH)
+            return
+        key = ("h1", endpoint)
+        pool = state.pools.get(key)
+        if pool is None:
+            pool = Http1Pool(state.cluster, endpoint, state.counters)
+            state.pools[key] = pool
+        self.pool = pool  # type: ignore[assignment]
+        self.info.upstream_host = f"{endpoint.address}:{endpoint.port}"
+        apply_forwarding(head, conn.remote_ip)
+        rid = head.request_id
+        if rid is not None:
+            self.info.request_id = rid.decode("latin-1")
+        up = self.pool.acquire() if self.pool is not None else None
+        if up is not None:
+            self._attach(up)
+        else:
+            self._pending = []
+            asyncio.get_running_loop().create_task(self._connect())
+
+    async def _connect(self) -> None:
+        pool = self.pool
+        assert pool is not None
+        try:
+            up = await pool.connect()
+        except UpstreamConnectError as exc:
+            if not self.done and not self.response_started:
+                self.info.upstream_transport_failure_reason = exc.reason
+                self.fail(ResponseFlag.UF)
+            return
+        if self.done or self.response_started:
+            pool.release(up)  # unused and healthy: keep it for the next request
+            return
+        self._attach(up)
+
+    def _attach(self, up: UpstreamH1Connection) -> None:
+        self.upstream = up
+        up.bind(self)
+        self.info.upstream_local_address = up.local_address
+        self.attached = True
+        if self.state is not None:
+            c = self.state.counters
+            c.upstream_rq_total += 1
+            c.upstream_rq_active += 1
+        up.send_head(self.head)
+        pending = self._pending
+        if pending is not None:
+            self._pending = None
+            for ev in pending:
+                if type(ev) is bytes:
+                    up.send_data(ev)
+                else:
+                    up.send_end(ev)  # type: ignore[arg-type]
+            if self._pending_bytes > PENDING_LIMIT:
+                self.conn.resume_reading(PAUSE_BUFFER)
+            self._pending_bytes = 0
+        up.flush()
+        if self.conn.write_paused:
+            self.up_paused = True
+            up.pause_reading()
+
+    def on_request_data(self, data: bytes) -> None:
+        self.info.bytes_received += len(data)
+        up = self.upstream
+        if up is not None:
+            up.send_data(data)
+            return
+        pending = self._pending
+        if pending is not None:
+            pending.append(data)
+            self._pending_bytes += len(data)
+            if self._pending_bytes > PENDING_LIMIT:
+                self.conn.pause_reading(PAUSE_BUFFER)
+
+    def on_request_end(self, end: End) -> None:
+        self.request_done = True
+        up = self.upstream
+        if up is not None:
+            up.send_end(end)
+            up.flush()
+        elif self._pending is not None:
+            self._pending.append(end)
+        if self.response_done:
+            self._complete()
+            return
+        route = self.route
+        if route is not None and route.route.timeout and self._timer is None:
+            loop = asyncio.get_running_loop()
+            self._timer = loop.call_later(route.route.timeout, self._on_timeout)
+
+    def flush(self) -> None:
+        if self.upstream is not None:
+            self.upstream.flush()
+
+    def on_downstream_write_paused(self) -> None:
+        if self.upstream is not None and not self.up_paused:
+            self.up_paused = True
+            self.upstream.pause_reading()
+
+    def on_downstream_write_resumed(self) -> None:
+        if self.upstream is not None and self.up_paused:
+            self.up_paused = False
+            self.upstream.resume_reading()
+
+    def on_downstream_reset(self, error_status: int | None) -> None:
+        """The downstream went away (DC), or broke the protocol mid-request (`error_status`)."""
+        if self.done:
+            return
+        self._drop_upstream()
+        if error_status is not None:
+            self.info.response_flags |= ResponseFlag.DPE
+            if not self.response_started:
+                self._local(error_status, b"")
+                return
+        elif not self.response_done:
+            self.info.response_flags |= ResponseFlag.DC
+        self._complete()
+
+    def relay_closed(self, downstream_bytes: int, upstream_bytes: int) -> None:
+        """The upgraded connection's byte relay ended."""
+        self.info.bytes_received += downstream_bytes
+        self.info.bytes_sent += upstream_bytes
+        self.response_done = self.request_done = True
+        self._complete()
+
+    # response side (ResponseSink, called by the upstream connection) -----------------------
+
+    def on_response_head(self, head: ResponseHead) -> None:
+        self.response_started = True
+        self.info.response_code = head.status
+        if head.status == 101:
+            if self.head.upgrade is None:
+                self.on_upstream_reset(True)
+                return
+            self.upgrading = True
+        self.conn.send_head(self, head)
+        if not head.keep_alive and self.upstream is not None:
+            self.upstream.reusable = False
+
+    def on_response_data(self, data: bytes) -> None:
+        self.info.bytes_sent += len(data)
+        self.conn.send_data(data)
+
+    def on_response_end(self, end: End) -> None:
+        if self.upgrading:
+            return  # the switch follows in on_upgraded
+        self.conn.send_end(end)
+        self.response_done = True
+        if self.request_done:
+            self._complete()
+
+    def on_batch_end(self) -> None:
+        self.conn.flush()
+
+    def on_upgraded(self, tail: bytes) -> None:
+        up = self.upstream
+        if up is None or self.done:
+            return
+        self._cancel_timer()
+        transport = up.detach()
+        self.upstream = None
+        if self.state is not None:
+            self.state.counters.upstream_rq_active -= 1
+        if transport is not None:
+            self.conn.switch_to_relay(self, transport, tail)
+
+    def on_upstream_reset(self, protocol_error: bool) -> None:
+        self.upstream = None
+        self.fail(ResponseFlag.UPE if protocol_error else ResponseFlag.UC)
+
+    def on_upstream_write_paused(self) -> None:
+        self.conn.pause_reading(PAUSE_UPSTREAM)
+
+    def on_upstream_write_resumed(self) -> None:
+        self.conn.resume_reading(PAUSE_UPSTREAM)
+
+    # outcomes -------------------------------------------------------------------------------
+
+    def _on_timeout(self) -> None:
+        self._timer = None
+        if self.state is not None:
+            self.state.counters.upstream_rq_timeout += 1
+        self.fail(ResponseFlag.UT)
+
+    def fail(self, flag: ResponseFlag) -> None:
+        """End the exchange with `flag`: a local reply if nothing was sent yet, else a reset."""
+        if self.done:
+            return
+        self.info.response_flags |= flag
+        self._drop_upstream()
+        if self.response_started:
+            self.conn.reset()
+            self._complete()
+            return
+        status, body = local_reply.for_flag(flag)
+        self._local(status, body)
+
+    def _local(self, status: int, body: bytes) -> None:
+        self.response_started = self.response_done = True
+        self.info.response_code = status
+        if self.head.method != b"HEAD":
+            self.info.bytes_sent = len(body)
+        self.conn.send_local_reply(self, status, body)  # closes after if the request is unread
+        self._complete()
+
+    def _drop_upstream(self) -> None:
+        up = self.upstream
+        if up is not None:
+            self.upstream = None
+            up.close()
+        self._pending = None
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _complete(self) -> None:
+        if self.done:
+            return
+        self.done = True
+        self._cancel_timer()
+        up = self.upstream
+        if up is not None:
+            self.upstream = None
+            if self.up_paused:
+                up.resume_reading()
+            if self.pool is not None and self.request_done and self.response_done:
+                self.pool.release(up)
+            else:
+                up.close()
+        self.finish_log()
+        self.conn.stream_complete(self)
+
+    def finish_log(self) -> None:
+        """Counters and the access log entry; once per stream."""
+        info = self.info
+        info.finish()
+        runtime = self.conn.runtime
+        rc = runtime.counters
+        rc.downstream_rq_active -= 1
+        code = info.response_code
+        if 400 <= code < 500:
+            rc.downstream_rq_4xx += 1
+        elif code >= 500:
+            rc.downstream_rq_5xx += 1
+        state = self.state
+        if state is not None and self.attached:
+            c = state.counters
+            if not self.upgrading:
+                c.upstream_rq_active -= 1
+            if 200 <= code < 300:
+                c.upstream_rq_2xx += 1
+            elif code < 400:
+                c.upstream_rq_3xx += 1
+            elif code < 500:
+                c.upstream_rq_4xx += 1
+            else:
+                c.upstream_rq_5xx += 1
+        runtime.access_log.log(info)

@@ -1,0 +1,138 @@
+"""Protocol-neutral HTTP stream events: what a codec produces and the connection manager consumes.
+
+Theory of operation: a codec (HTTP/1.1 today, HTTP/2 later) turns bytes into a flat sequence of
+events per message: one head (`RequestHead` or `ResponseHead`), zero or more body chunks (plain
+`bytes` objects, never copied or joined), then one `End` (carrying trailers, if any). Codecs
+remove everything that is about the connection rather than the message (HTTP/1 hop-by-hop headers,
+framing headers, HTTP/2 pseudo-headers) and expose it as attributes instead, so the layers above
+see the same shape whichever protocol carried the message.
+
+A few end-to-end headers the proxy edits or reads on every request (x-forwarded-for,
+x-forwarded-proto, x-request-id) are lifted out of the header list by the codec into attributes;
+the encoder writes them back. That saves a second scan of the headers per request.
+
+Heads are plain slotted classes (not dataclasses): one allocation and attribute stores, nothing
+more, because one is built per message on the hot path.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+Header = tuple[bytes, bytes]
+Headers = list[Header]
+
+NO_LENGTH = -1  # content_length when the body is not delimited by a Content-Length
+
+
+class RequestHead:
+    """A request's head; `headers` holds only end-to-end headers the codec did not lift out."""
+
+    __slots__ = (
+        "authority",
+        "chunked",
+        "content_length",
+        "expect_continue",
+        "forwarded_for",
+        "forwarded_proto",
+        "headers",
+        "keep_alive",
+        "method",
+        "path",
+        "request_id",
+        "te_trailers",
+        "upgrade",
+        "user_agent",
+        "version",
+    )
+
+    def __init__(self, method: bytes, path: bytes, headers: Headers) -> None:
+        self.method = method
+        self.path = path  # request target as received (origin-form)
+        self.headers = headers
+        self.authority = b""  # Host / :authority
+        self.version = "1.1"
+        self.keep_alive = True
+        self.content_length = NO_LENGTH
+        self.chunked = False  # body of unknown length follows (H1 chunked, H2 DATA)
+        self.upgrade: bytes | None = None  # protocol asked for with Upgrade (e.g. b"websocket")
+        self.expect_continue = False
+        self.te_trailers = False  # the client accepts trailers ("TE: trailers")
+        self.forwarded_for: bytes | None = None
+        self.forwarded_proto: bytes | None = None
+        self.request_id: bytes | None = None
+        self.user_agent: bytes | None = None  # also still in `headers`
+
+    @property
+    def has_body(self) -> bool:
+        return self.chunked or self.content_length > 0
+
+    def header(self, lname: bytes) -> bytes | None:
+        """Value of a header by lower-case name (repeated headers joined by ","); not hot."""
+        lifted = _LIFTED_REQUEST.get(lname)
+        if lifted is not None:
+            value: bytes | None = getattr(self, lifted)
+            return value
+        found = [v for n, v in self.headers if n.lower() == lname]
+        return b",".join(found) if found else None
+
+
+_LIFTED_REQUEST = {
+    b"host": "authority",
+    b":authority": "authority",
+    b"x-forwarded-for": "forwarded_for",
+    b"x-forwarded-proto": "forwarded_proto",
+    b"x-request-id": "request_id",
+}
+
+
+class ResponseHead:
+    """A response's head; `headers` holds only end-to-end headers."""
+
+    __slots__ = ("content_length", "headers", "keep_alive", "reason", "status", "upgrade")
+
+    def __init__(self, status: int, reason: bytes, headers: Headers) -> None:
+        self.status = status
+        self.reason = reason
+        self.headers = headers
+        self.content_length = NO_LENGTH  # NO_LENGTH: chunked or delimited by close (or no body)
+        self.keep_alive = True
+        self.upgrade: bytes | None = None  # set on 101 Switching Protocols
+
+
+class End:
+    """End of a message, with its trailers (None when there were none)."""
+
+    __slots__ = ("trailers",)
+
+    def __init__(self, trailers: Headers | None) -> None:
+        self.trailers = trailers
+
+
+END = End(None)  # the shared end-of-message without trailers
+
+RequestEvent = RequestHead | bytes | End
+ResponseEvent = ResponseHead | bytes | End
+
+
+class ResponseSink(Protocol):
+    """What an upstream connection reports to the stream it is serving."""
+
+    def on_response_head(self, head: ResponseHead) -> None: ...
+
+    def on_response_data(self, data: bytes) -> None: ...
+
+    def on_response_end(self, end: End) -> None: ...
+
+    def on_upgraded(self, tail: bytes) -> None:
+        """The upstream switched protocols; `tail` is raw data that followed the 101."""
+
+    def on_upstream_reset(self, protocol_error: bool) -> None:
+        """The upstream connection closed or broke the protocol before the response ended."""
+
+    def on_batch_end(self) -> None:
+        """The events of one read have been delivered (a good time to flush writes)."""
+
+    def on_upstream_write_paused(self) -> None: ...
+
+    def on_upstream_write_resumed(self) -> None: ...
