@@ -97,8 +97,11 @@ class TcpProxyProtocol(asyncio.Protocol):
         self._task = asyncio.get_running_loop().create_task(self._connect(state, endpoint))
 
     def data_received(self, data: bytes) -> None:
-        # Bytes read before pause took effect (or handed over by the listener).
+        # Bytes that arrive while connecting. uvloop starts reading after connection_made, so
+        # the pause there may not hold: pause again here, which does. At most one read is held.
         self._pending += data
+        if self._transport is not None:
+            self._transport.pause_reading()
 
     def eof_received(self) -> bool:
         return True  # half-close before the splice: keep going; the relay forwards the EOF

@@ -182,3 +182,42 @@ async def test_server_first_protocol_greets_without_client_bytes() -> None:
     finally:
         proxy.close()
         server.close()
+
+
+async def test_bytes_sent_while_connecting_are_bounded() -> None:
+    # An upstream whose accept queue is full: SYNs are dropped, so the connect hangs.
+    full = socket.socket()
+    full.bind(("127.0.0.1", 0))
+    full.listen(0)
+    port = full.getsockname()[1]
+    fillers = []
+    for _ in range(3):
+        s = socket.socket()
+        s.setblocking(False)
+        s.connect_ex(("127.0.0.1", port))
+        fillers.append(s)
+    await asyncio.sleep(0.2)
+    proxy = await start_proxy(
+        TcpProxy(cluster="up", stat_prefix="t"),
+        (static_cluster("up", ("127.0.0.1", port), connect_timeout=3.0),),
+    )
+    try:
+        client = socket.create_connection(("127.0.0.1", proxy.port))
+        client.setblocking(False)
+        chunk = b"z" * 65536
+        deadline = asyncio.get_running_loop().time() + 1.0
+        while asyncio.get_running_loop().time() < deadline:
+            try:
+                client.send(chunk)
+            except BlockingIOError:
+                await asyncio.sleep(0.01)
+            await asyncio.sleep(0)
+        (conn,) = [c for c in proxy.runtime.connections if isinstance(c, TcpProxyProtocol)]
+        assert conn._relay is None  # still connecting
+        assert len(conn._pending) <= 512 * 1024
+        client.close()
+    finally:
+        proxy.close()
+        full.close()
+        for s in fillers:
+            s.close()
