@@ -90,6 +90,12 @@ def _run(args: argparse.Namespace) -> int:
     overrides["watch_config"] = args.watch_config
     boot = build(overrides)
     _setup_logging(boot.log_level)
+    if boot.concurrency > 1:
+        log.warning(
+            "concurrency %d requested: this build runs one worker process "
+            "(multi-worker serving is not built yet)",
+            boot.concurrency,
+        )
     if not boot.config_files:
         log.warning("no --config given: no services known, every destination passes through")
     return _serve(boot)
