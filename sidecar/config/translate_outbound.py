@@ -75,8 +75,9 @@ def _domains(svc: MeshService, port: int, proxy_ns: str) -> tuple[str, ...]:
     names += svc.vips
     out: list[str] = []
     for n in names:
+        # An IPv6 VIP appears in a Host header only in brackets, with or without the port.
         bracketed = f"[{n}]" if ":" in n else n
-        out += [n, f"{bracketed}:{port}"]
+        out += [bracketed, f"{bracketed}:{port}"]
     return tuple(out)
 
 
