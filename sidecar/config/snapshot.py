@@ -74,6 +74,11 @@ class Endpoint:
     weight: int = 1
     workload: str = ""  # "Kind/namespace/name" of the Pod or WorkloadEntry, for /clusters
 
+    def __hash__(self) -> int:
+        # Equal endpoints have equal addresses and ports, so this is consistent with __eq__;
+        # it skips hashing the other fields (labels) on each pool lookup.
+        return hash((self.address, self.port))
+
     def label(self, key: str, default: str = "") -> str:
         for k, v in self.labels:
             if k == key:

@@ -22,6 +22,7 @@ of the response.
 from __future__ import annotations
 
 import asyncio
+from time import monotonic
 from typing import TYPE_CHECKING, Protocol
 
 from sidecar.http import local_reply
@@ -55,6 +56,7 @@ class DownstreamConn(Protocol):
     def send_end(self, end: End) -> None: ...
     def send_continue(self) -> None: ...
     def flush(self) -> None: ...
+    def schedule_flush(self) -> None: ...
     def send_local_reply(self, stream: ActiveStream, status: int, body: bytes) -> None: ...
     def reset(self) -> None: ...
     def pause_reading(self, reason: int) -> None: ...
@@ -111,6 +113,7 @@ class ActiveStream:
     def start(self) -> None:
         head = self.head
         conn = self.conn
+        info = self.info
         if head.expect_continue:
             conn.send_continue()
         table = conn.table
@@ -120,12 +123,14 @@ class ActiveStream:
             return
         self.route = r
         route = r.route
-        self.info.route_name = route.name
+        info.route_name = route.name
         if route.direct_status is not None:
             self._local(route.direct_status, route.direct_body)
             return
-        name = r.cluster()
-        self.info.upstream_cluster = name
+        name = r.fixed_cluster
+        if name is None:
+            name = r.cluster()
+        info.upstream_cluster = name
         state = conn.runtime.cluster_manager.get(name)
         if state is None:
             self.fail(ResponseFlag.NC)
@@ -137,19 +142,19 @@ class ActiveStream:
             self.fail(ResponseFlag.UH)
             return
         key = ("h1", endpoint)
-        pool = state.pools.get(key)
+        pool: Http1Pool | None = state.pools.get(key)  # type: ignore[assignment]
         if pool is None:
             pool = Http1Pool(state.cluster, endpoint, state.counters)
             state.pools[key] = pool
-        self.pool = pool  # type: ignore[assignment]
-        self.info.upstream_host = f"{endpoint.address}:{endpoint.port}"
+        self.pool = pool
+        info.upstream_host = pool.host
         apply_forwarding(head, conn.remote_ip)
         rid = head.request_id
         if rid is not None:
-            self.info.request_id = rid.decode("latin-1")
-        up = self.pool.acquire() if self.pool is not None else None
+            info.request_id = rid.decode("latin-1")
+        up = pool.acquire()
         if up is not None:
-            self._attach(up)
+            self._attach(up)  # the connection manager flushes once the request's events are in
         else:
             self._pending = []
             asyncio.get_running_loop().create_task(self._connect())
@@ -168,6 +173,7 @@ class ActiveStream:
             pool.release(up)  # unused and healthy: keep it for the next request
             return
         self._attach(up)
+        up.flush()
 
     def _attach(self, up: UpstreamH1Connection) -> None:
         self.upstream = up
@@ -190,7 +196,6 @@ class ActiveStream:
             if self._pending_bytes > PENDING_LIMIT:
                 self.conn.resume_reading(PAUSE_BUFFER)
             self._pending_bytes = 0
-        up.flush()
         if self.conn.write_paused:
             self.up_paused = True
             up.pause_reading()
@@ -212,8 +217,7 @@ class ActiveStream:
         self.request_done = True
         up = self.upstream
         if up is not None:
-            up.send_end(end)
-            up.flush()
+            up.send_end(end)  # flushed by the connection manager after this read's events
         elif self._pending is not None:
             self._pending.append(end)
         if self.response_done:
@@ -225,8 +229,9 @@ class ActiveStream:
             self._timer = loop.call_later(route.route.timeout, self._on_timeout)
 
     def flush(self) -> None:
+        """The request's events of this read are in: send them (at the next loop turn)."""
         if self.upstream is not None:
-            self.upstream.flush()
+            self.upstream.schedule_flush()
 
     def on_downstream_write_paused(self) -> None:
         if self.upstream is not None and not self.up_paused:
@@ -286,7 +291,7 @@ class ActiveStream:
             self._complete()
 
     def on_batch_end(self) -> None:
-        self.conn.flush()
+        self.conn.schedule_flush()
 
     def on_upgraded(self, tail: bytes) -> None:
         up = self.upstream
@@ -355,7 +360,9 @@ class ActiveStream:
         if self.done:
             return
         self.done = True
-        self._cancel_timer()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         up = self.upstream
         if up is not None:
             self.upstream = None
@@ -371,7 +378,8 @@ class ActiveStream:
     def finish_log(self) -> None:
         """Counters and the access log entry; once per stream."""
         info = self.info
-        info.finish()
+        if not info.end_mono:  # info.finish(), inline
+            info.end_mono = monotonic()
         runtime = self.conn.runtime
         rc = runtime.counters
         rc.downstream_rq_active -= 1

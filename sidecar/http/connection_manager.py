@@ -7,8 +7,15 @@ request in flight. A new request head waits in the queue until the previous exch
 pipelined requests are answered in order. The queue is bounded (reading pauses past
 PIPELINE_LIMIT bytes).
 
-Writes to the client are corked: everything produced while handling one read (ours or the
-upstream's) is sent with one `writelines`. Reading the client pauses for any of several reasons
+Writes are corked and coalesced: what handling a read produces for the client (ours or the
+upstream's) is queued and sent with one `writelines` at the start of the next event-loop turn
+(`schedule_flush`), after every socket that was ready in this turn has been read; the upstream
+connection does the same for requests. With many connections, one turn's writes then go out
+back to back and the peers (client, upstream) are woken once for a burst instead of once per
+request, which costs less CPU on both sides than the extra loop callback. Bulk body data (more than
+DEFER_LIMIT bytes) is written at once, so that a full socket buffer still pauses the reader
+before the next read; closing, upgrading and resetting write or drop synchronously. Reading the
+client pauses for any of several reasons
 (bits): the upstream's write buffer is full, request body is waiting for an upstream connection,
 the pipeline queue is full, our own write buffer is full, or an upgrade is pending; it resumes when
 none remain. Our own write buffer filling up pauses reading the upstream (via the stream).
@@ -29,7 +36,8 @@ from sidecar.config.snapshot import HttpConnectionManager
 from sidecar.errors import ProtocolError
 from sidecar.http import local_reply
 from sidecar.http.active_stream import ActiveStream
-from sidecar.http.h1 import H1ServerCodec, chunk, encode_response_head, last_chunk
+from sidecar.http.h1 import H1ServerCodec
+from sidecar.http.h1_encode import chunk, encode_response_head, last_chunk
 from sidecar.http.router import RouteTable, route_table
 from sidecar.http.stream import End, RequestEvent, RequestHead, ResponseHead
 from sidecar.outcome import ResponseFlag
@@ -38,6 +46,7 @@ from sidecar.tcp.relay import Relay, splice
 
 HIGH_WATER = 256 * 1024
 LOW_WATER = 64 * 1024
+DEFER_LIMIT = 64 * 1024  # body bytes held for the next loop turn's write; more go out at once
 PIPELINE_LIMIT = 64 * 1024  # bytes of queued pipelined requests before reading pauses
 UPGRADE_LIMIT = 64 * 1024  # client bytes held while an upgrade waits for the 101
 LINGER_SECONDS = 1.0  # Envoy's delayed_close_timeout
@@ -84,6 +93,9 @@ class HttpConnectionManagerProtocol(asyncio.Protocol):
         self._held: list[bytes] | None = None  # client bytes after an upgrade request
         self._held_bytes = 0
         self._relay: Relay | None = None
+        self._out_bytes = 0  # body bytes in _out
+        self._flush_pending = False
+        self._loop = asyncio.get_running_loop()
 
     # asyncio callbacks ---------------------------------------------------------------------
 
@@ -113,7 +125,8 @@ class HttpConnectionManagerProtocol(asyncio.Protocol):
         self._pump()
         if q and self._queued > PIPELINE_LIMIT:
             self.pause_reading(PAUSE_PIPELINE)
-        self.flush()
+        if self._out:
+            self.schedule_flush()
 
     def eof_received(self) -> bool:
         stream = self.stream
@@ -199,8 +212,7 @@ class HttpConnectionManagerProtocol(asyncio.Protocol):
     def _new_info(self) -> StreamInfo:
         info = StreamInfo()
         info.downstream_local_address = self._local
-        info.downstream_remote_address = self._remote
-        info.downstream_direct_remote_address = self._remote
+        info.downstream_remote_address = info.downstream_direct_remote_address = self._remote
         info.listener_name = self._listener
         info.direction = self._direction
         rc = self.runtime.counters
@@ -272,6 +284,7 @@ class HttpConnectionManagerProtocol(asyncio.Protocol):
         self._out.append(encode_response_head(head, chunked, close))
 
     def send_data(self, data: bytes) -> None:
+        self._out_bytes += len(data)
         if self._chunked:
             if data:
                 self._out += chunk(data)
@@ -300,10 +313,25 @@ class HttpConnectionManagerProtocol(asyncio.Protocol):
             self._close_after = True
         self._out.append(local_reply.render(status, body, close, req.method == b"HEAD"))
 
+    def schedule_flush(self) -> None:
+        """Write what is queued at the start of the next event-loop turn (see the module doc)."""
+        if self._out_bytes > DEFER_LIMIT:
+            self.flush()  # bulk data: now, so that a full socket buffer pauses the reader at once
+        elif self._out and not self._flush_pending:
+            self._flush_pending = True
+            self._loop.call_soon(self._deferred_flush)
+
+    def _deferred_flush(self) -> None:
+        self._flush_pending = False
+        transport = self.transport
+        if transport is not None and not transport.is_closing():
+            self.flush()  # (an aborted connection drops what it had not sent)
+
     def flush(self) -> None:
         out = self._out
         if out and self.transport is not None and not self._closed:
             self._out = []
+            self._out_bytes = 0
             if len(out) == 1:
                 self.transport.write(out[0])
             else:

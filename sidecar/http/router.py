@@ -60,8 +60,8 @@ class _HeaderMatcher:
 class CompiledRoute:
     """One route with its matcher compiled."""
 
-    __slots__ = ("_kind", "_value", "cumulative", "headers", "ignore_case", "regex", "route",
-                 "total_weight")
+    __slots__ = ("_kind", "_value", "cumulative", "fixed_cluster", "headers", "ignore_case",
+                 "plain_prefix", "regex", "route", "total_weight")
 
     def __init__(self, route: Route) -> None:
         self.route = route
@@ -90,6 +90,11 @@ class CompiledRoute:
             acc.append(total)
         self.cumulative = acc
         self.total_weight = total
+        # The common cases, answered without a call: the cluster when there is no split, and
+        # the prefix when matching is a case-sensitive prefix test and nothing else.
+        self.fixed_cluster: str | None = route.cluster if route.cluster or not total else None
+        simple = self._kind == _PREFIX and not self.ignore_case and not self.headers
+        self.plain_prefix: bytes | None = self._value if simple else None
 
     def matches(self, path: bytes, head: RequestHead) -> bool:
         kind = self._kind
@@ -128,7 +133,11 @@ class CompiledVirtualHost:
     def match(self, head: RequestHead) -> CompiledRoute | None:
         path = head.path
         for r in self.routes:
-            if r.matches(path, head):
+            prefix = r.plain_prefix
+            if prefix is not None:
+                if path.startswith(prefix):
+                    return r
+            elif r.matches(path, head):
                 return r
         return None
 
@@ -166,6 +175,10 @@ class RouteTable:
         memo = self._memo
         if authority in memo:
             return memo[authority]
+        return self._lookup(authority)
+
+    def _lookup(self, authority: bytes) -> CompiledVirtualHost | None:
+        memo = self._memo
         host = authority.lower()
         found = self._exact.get(host)
         if found is None:
@@ -186,7 +199,9 @@ class RouteTable:
 
     def route(self, head: RequestHead) -> CompiledRoute | None:
         """The first route of the matching virtual host, or None (404 NR)."""
-        vh = self.virtual_host(head.authority)
+        authority = head.authority
+        memo = self._memo
+        vh = memo[authority] if authority in memo else self._lookup(authority)
         if vh is None:
             return None
         return vh.match(head)

@@ -56,10 +56,11 @@ class ClusterCounters:
 class ClusterState:
     """A cluster's run-time state: endpoints as currently known, balancer, pools, counters."""
 
-    __slots__ = ("_dns_task", "cluster", "counters", "endpoints", "lb", "pools")
+    __slots__ = ("_dns_task", "_original_dst", "cluster", "counters", "endpoints", "lb", "pools")
 
     def __init__(self, cluster: Cluster) -> None:
         self.cluster = cluster
+        self._original_dst = cluster.discovery is DiscoveryType.ORIGINAL_DST
         self.endpoints: tuple[Endpoint, ...] = cluster.endpoints
         self.lb = RoundRobin(self.endpoints)
         self.pools: dict[Hashable, Pool] = {}
@@ -68,7 +69,7 @@ class ClusterState:
 
     def choose(self, original_dst: tuple[str, int] | None) -> Endpoint | None:
         """The endpoint for the next request or connection, or None when there is none (UH)."""
-        if self.cluster.discovery is DiscoveryType.ORIGINAL_DST:
+        if self._original_dst:
             if original_dst is None:
                 return None
             return Endpoint(address=original_dst[0], port=original_dst[1])

@@ -13,6 +13,10 @@ closed when found, and a single timer per pool sweeps the rest (no timer per req
 made by `connect()` (the only await on the request path), with the cluster's connect timeout and
 source address (upstream.connect).
 
+Writes: the stream queues the request and `schedule_flush` sends it at the start of the next
+event-loop turn, together with every other request of this turn (see connection_manager.py);
+bulk body data goes out at once. A connection is only returned to its pool with nothing queued.
+
 Back-pressure: when the upstream socket's write buffer passes its high-water mark the stream is
 told (it pauses reading the downstream); the stream pauses reading this connection when the
 downstream cannot take more.
@@ -24,18 +28,15 @@ import asyncio
 from typing import cast
 
 from sidecar.config.snapshot import Cluster, Endpoint
-from sidecar.http.h1 import (
-    H1ClientCodec,
-    chunk,
-    encode_request_head,
-    last_chunk,
-)
+from sidecar.http.h1 import H1ClientCodec
+from sidecar.http.h1_encode import chunk, encode_request_head, last_chunk
 from sidecar.http.stream import End, RequestHead, ResponseHead, ResponseSink
 from sidecar.upstream.cluster import ClusterCounters
 from sidecar.upstream.connect import connect
 
 HIGH_WATER = 256 * 1024
 LOW_WATER = 64 * 1024
+DEFER_LIMIT = 64 * 1024  # body bytes held for the next loop turn's write; more go out at once
 
 
 class UpstreamH1Connection(asyncio.Protocol):
@@ -43,9 +44,13 @@ class UpstreamH1Connection(asyncio.Protocol):
 
     __slots__ = (
         "_chunked",
+        "_flush_pending",
+        "_loop",
         "_out",
+        "_out_bytes",
         "closed",
         "codec",
+        "counters",
         "idle_since",
         "local_address",
         "pool",
@@ -57,6 +62,7 @@ class UpstreamH1Connection(asyncio.Protocol):
 
     def __init__(self, pool: Http1Pool) -> None:
         self.pool = pool
+        self.counters = pool.counters
         self.codec = H1ClientCodec()
         self.transport: asyncio.Transport | None = None
         self.sink: ResponseSink | None = None
@@ -67,6 +73,9 @@ class UpstreamH1Connection(asyncio.Protocol):
         self.local_address = "-"
         self._chunked = False
         self._out: list[bytes] = []  # corked writes, sent by flush() in one call
+        self._out_bytes = 0  # body bytes in _out
+        self._flush_pending = False
+        self._loop = asyncio.get_running_loop()
 
     # asyncio callbacks ---------------------------------------------------------------------
 
@@ -82,7 +91,7 @@ class UpstreamH1Connection(asyncio.Protocol):
         c.upstream_cx_active += 1
 
     def data_received(self, data: bytes) -> None:
-        self.pool.counters.upstream_cx_rx_bytes_total += len(data)
+        self.counters.upstream_cx_rx_bytes_total += len(data)
         sink = self.sink
         if sink is None:  # nothing was asked: a broken or misbehaving upstream
             self.close()
@@ -152,11 +161,13 @@ class UpstreamH1Connection(asyncio.Protocol):
         self.codec.expect_no_body = head.method == b"HEAD"
         self._chunked = head.chunked
         data = encode_request_head(head)
-        self.pool.counters.upstream_cx_tx_bytes_total += len(data)
+        self.counters.upstream_cx_tx_bytes_total += len(data)
         self._out.append(data)
 
     def send_data(self, data: bytes) -> None:
-        self.pool.counters.upstream_cx_tx_bytes_total += len(data)
+        n = len(data)
+        self.counters.upstream_cx_tx_bytes_total += n
+        self._out_bytes += n
         if self._chunked:
             if data:
                 self._out += chunk(data)
@@ -167,10 +178,25 @@ class UpstreamH1Connection(asyncio.Protocol):
         if self._chunked:
             self._out.append(last_chunk(end.trailers))
 
+    def schedule_flush(self) -> None:
+        """Write what is queued at the start of the next event-loop turn (see the module doc)."""
+        if self._out_bytes > DEFER_LIMIT:
+            self.flush()  # bulk data: now, so that a full socket buffer pauses the reader at once
+        elif self._out and not self._flush_pending:
+            self._flush_pending = True
+            self._loop.call_soon(self._deferred_flush)
+
+    def _deferred_flush(self) -> None:
+        self._flush_pending = False
+        transport = self.transport
+        if transport is not None and not transport.is_closing():
+            self.flush()  # (a closed connection drops the request it abandoned)
+
     def flush(self) -> None:
         out = self._out
         if out and self.transport is not None:
             self._out = []
+            self._out_bytes = 0
             if len(out) == 1:
                 self.transport.write(out[0])
             else:
@@ -186,6 +212,7 @@ class UpstreamH1Connection(asyncio.Protocol):
 
     def detach(self) -> asyncio.Transport | None:
         """Take the socket away from the pool for good (protocol upgrade)."""
+        self.flush()  # anything queued goes before the relay's bytes
         self.sink = None
         self.reusable = False
         self.closed = True
@@ -211,12 +238,13 @@ class UpstreamH1Connection(asyncio.Protocol):
 class Http1Pool:
     """Idle keep-alive connections to one endpoint of one cluster."""
 
-    __slots__ = ("_closed", "_idle", "_loop", "_sweep", "cluster", "counters", "endpoint")
+    __slots__ = ("_closed", "_idle", "_loop", "_sweep", "cluster", "counters", "endpoint", "host")
 
     def __init__(self, cluster: Cluster, endpoint: Endpoint, counters: ClusterCounters) -> None:
         self.cluster = cluster
         self.endpoint = endpoint
         self.counters = counters
+        self.host = f"{endpoint.address}:{endpoint.port}"  # for the access log, made once
         self._idle: list[UpstreamH1Connection] = []
         self._loop = asyncio.get_running_loop()
         self._sweep: asyncio.TimerHandle | None = None
@@ -256,6 +284,8 @@ class Http1Pool:
     def release(self, conn: UpstreamH1Connection) -> None:
         """Return a connection whose exchange completed cleanly; it is kept if it may be reused."""
         conn.sink = None
+        if conn._out:  # the end of the request, queued after the response had already ended
+            conn.flush()
         max_rq = self.cluster.max_requests_per_connection
         if (
             self._closed

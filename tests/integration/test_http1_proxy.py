@@ -319,3 +319,46 @@ async def test_downstream_disconnect_mid_request_closes_upstream_dc() -> None:
             while state.counters.upstream_cx_active:
                 await asyncio.sleep(0.01)
     up.close()
+
+
+async def test_request_end_after_early_response_reaches_upstream_at_once() -> None:
+    """The upstream answers before the chunked body ends: the last chunk still goes out at once,
+    and the connection is reused for the next request."""
+    seen = bytearray()
+    accepts = 0
+
+    class Early(asyncio.Protocol):
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            nonlocal accepts
+            accepts += 1
+            self.t = transport
+
+        def data_received(self, data: bytes) -> None:
+            before = bytes(seen)
+            seen.extend(data)
+            if before.count(b"\r\n\r\n") == 0 and b"\r\n\r\n" in seen:
+                self.t.write(ok(b"early"))  # type: ignore[attr-defined]
+            elif b"GET /second" in data:
+                self.t.write(ok(b"second"))  # type: ignore[attr-defined]
+
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(Early, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    async with start_proxy(simple_routes("c"), [cluster("c", port)]) as p:
+        reader, writer = await asyncio.open_connection("127.0.0.1", p.port)
+        writer.write(b"POST /first HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
+                     b"5\r\nhello\r\n")
+        async with asyncio.timeout(5):
+            head = await reader.readuntil(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 200")
+            assert await reader.readexactly(5) == b"early"
+            writer.write(b"0\r\n\r\n")
+            while not seen.endswith(b"0\r\n\r\n"):  # not held back until the next request
+                await asyncio.sleep(0.01)
+            writer.write(b"GET /second HTTP/1.1\r\nHost: a\r\n\r\n")
+            head = await reader.readuntil(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 200")
+            assert await reader.readexactly(6) == b"second"
+        writer.close()
+        assert accepts == 1
+    server.close()

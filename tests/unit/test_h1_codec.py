@@ -4,14 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from sidecar.http.h1 import (
-    H1ClientCodec,
-    H1ServerCodec,
-    chunk,
-    encode_request_head,
-    encode_response_head,
-    last_chunk,
-)
+from sidecar.http.h1 import H1ClientCodec, H1ServerCodec
+from sidecar.http.h1_encode import chunk, encode_request_head, encode_response_head, last_chunk
 from sidecar.http.stream import End, RequestHead, ResponseHead
 
 
@@ -110,3 +104,23 @@ def test_encoders() -> None:
         b"HTTP/1.1 404 Not Found\r\nB: 2\r\nconnection: close\r\n\r\n")
     assert b"".join(chunk(b"abc")) == b"3\r\nabc\r\n"
     assert last_chunk([(b"T", b"v")]) == b"0\r\nT: v\r\n\r\n"
+
+
+@pytest.mark.parametrize(
+    ("version", "extra", "keep_alive"),
+    [
+        (b"1.1", b"", True),
+        (b"1.1", b"Connection: close\r\n", False),
+        (b"1.1", b"User-Agent: t\r\n", True),
+        (b"1.0", b"", False),
+        (b"1.0", b"Connection: keep-alive\r\n", True),
+        (b"1.0", b"Proxy-Connection: keep-alive\r\n", True),
+        (b"1.0", b"User-Agent: t\r\n", False),
+    ],
+)
+def test_request_version_and_keep_alive(version: bytes, extra: bytes, keep_alive: bool) -> None:
+    codec = H1ServerCodec()
+    (head, _end) = codec.feed(b"GET / HTTP/" + version + b"\r\nHost: a\r\n" + extra + b"\r\n")
+    assert codec.error is None
+    assert isinstance(head, RequestHead)
+    assert head.version == version.decode() and head.keep_alive is keep_alive
