@@ -23,6 +23,11 @@ if TYPE_CHECKING:
 Address = tuple[str, int]
 
 
+def format_address(host: str, port: int) -> str:
+    """`ip:port` as Envoy prints it: IPv6 addresses in brackets."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 @dataclass(frozen=True, slots=True)
 class Downstream:
     """One accepted downstream connection, as the listener hands it to a network filter."""

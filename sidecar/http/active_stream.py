@@ -342,6 +342,9 @@ class ActiveStream:
         if self.head.method != b"HEAD":
             self.info.bytes_sent = len(body)
         self.conn.send_local_reply(self, status, body)  # closes after if the request is unread
+        # Failures also arrive outside any read (connect failure, upstream reset, timeout), when
+        # nothing else would flush: schedule it here, or a keep-alive client waits forever.
+        self.conn.schedule_flush()
         self._complete()
 
     def _drop_upstream(self) -> None:

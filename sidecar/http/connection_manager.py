@@ -41,7 +41,7 @@ from sidecar.http.h1_encode import chunk, encode_response_head, last_chunk
 from sidecar.http.router import RouteTable, route_table
 from sidecar.http.stream import End, RequestEvent, RequestHead, ResponseHead
 from sidecar.outcome import ResponseFlag
-from sidecar.runtime import Downstream, Runtime, StreamInfo
+from sidecar.runtime import Downstream, Runtime, StreamInfo, format_address
 from sidecar.tcp.relay import Relay, splice
 
 HIGH_WATER = 256 * 1024
@@ -56,11 +56,6 @@ PAUSE_UPGRADE = 16
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 
-def _addr(address: tuple[str, int]) -> str:
-    host, port = address[0], address[1]
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
 class HttpConnectionManagerProtocol(asyncio.Protocol):
     """One downstream HTTP/1.1 connection: parse, route, proxy, answer in order."""
 
@@ -71,8 +66,8 @@ class HttpConnectionManagerProtocol(asyncio.Protocol):
         rc = downstream.snapshot.route_configs.get(config.route_config)
         self.table: RouteTable | None = route_table(rc) if rc is not None else None
         self.remote_ip = downstream.remote[0].encode("ascii")
-        self._remote = _addr(downstream.remote)
-        self._local = _addr(downstream.local)
+        self._remote = format_address(*downstream.remote)
+        self._local = format_address(*downstream.local)
         self._direction = downstream.listener.direction.value
         self._listener = downstream.listener.name
         self.codec = H1ServerCodec()

@@ -15,18 +15,12 @@ from typing import cast
 
 from sidecar.config.snapshot import Endpoint, TcpProxy
 from sidecar.outcome import ResponseFlag
-from sidecar.runtime import Downstream, Runtime, StreamInfo
+from sidecar.runtime import Downstream, Runtime, StreamInfo, format_address
 from sidecar.tcp.relay import Relay, splice
 from sidecar.upstream.cluster import ClusterState
 from sidecar.upstream.connect import UpstreamConnectError, connect
 
 log = logging.getLogger(__name__)
-
-
-def _addr(a: tuple[str, int] | None) -> str:
-    if a is None:
-        return "-"
-    return f"[{a[0]}]:{a[1]}" if ":" in a[0] else f"{a[0]}:{a[1]}"
 
 
 class _Upstream(asyncio.Protocol):
@@ -70,9 +64,9 @@ class TcpProxyProtocol(asyncio.Protocol):
         self._task: asyncio.Task[None] | None = None
         self._state: ClusterState | None = None
         info = StreamInfo()
-        info.downstream_remote_address = _addr(downstream.remote)
+        info.downstream_remote_address = format_address(*downstream.remote)
         info.downstream_direct_remote_address = info.downstream_remote_address
-        info.downstream_local_address = _addr(downstream.local)
+        info.downstream_local_address = format_address(*downstream.local)
         info.listener_name = downstream.listener.name
         info.direction = downstream.listener.direction.value
         info.upstream_cluster = config.cluster
@@ -93,7 +87,7 @@ class TcpProxyProtocol(asyncio.Protocol):
         if endpoint is None:
             self._fail(ResponseFlag.UH, "no_healthy_upstream")
             return
-        self._info.upstream_host = _addr((endpoint.address, endpoint.port))
+        self._info.upstream_host = format_address(endpoint.address, endpoint.port)
         self._task = asyncio.get_running_loop().create_task(self._connect(state, endpoint))
 
     def data_received(self, data: bytes) -> None:
@@ -136,7 +130,7 @@ class TcpProxyProtocol(asyncio.Protocol):
         counters.upstream_cx_active += 1
         local = upstream.get_extra_info("sockname")
         if local:
-            self._info.upstream_local_address = _addr((local[0], local[1]))
+            self._info.upstream_local_address = format_address(local[0], local[1])
         upstream.pause_reading()
         self._relay = splice(
             down,

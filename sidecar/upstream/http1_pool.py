@@ -31,6 +31,7 @@ from sidecar.config.snapshot import Cluster, Endpoint
 from sidecar.http.h1 import H1ClientCodec
 from sidecar.http.h1_encode import chunk, encode_request_head, last_chunk
 from sidecar.http.stream import End, RequestHead, ResponseHead, ResponseSink
+from sidecar.runtime import format_address
 from sidecar.upstream.cluster import ClusterCounters
 from sidecar.upstream.connect import connect
 
@@ -85,7 +86,7 @@ class UpstreamH1Connection(asyncio.Protocol):
         transport.set_write_buffer_limits(high=HIGH_WATER, low=LOW_WATER)
         sockname = transport.get_extra_info("sockname")
         if sockname:
-            self.local_address = f"{sockname[0]}:{sockname[1]}"
+            self.local_address = format_address(sockname[0], sockname[1])
         c = self.pool.counters
         c.upstream_cx_total += 1
         c.upstream_cx_active += 1
@@ -244,7 +245,7 @@ class Http1Pool:
         self.cluster = cluster
         self.endpoint = endpoint
         self.counters = counters
-        self.host = f"{endpoint.address}:{endpoint.port}"  # for the access log, made once
+        self.host = format_address(endpoint.address, endpoint.port)  # for the access log, made once
         self._idle: list[UpstreamH1Connection] = []
         self._loop = asyncio.get_running_loop()
         self._sweep: asyncio.TimerHandle | None = None

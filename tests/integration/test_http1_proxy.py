@@ -226,7 +226,26 @@ async def _expect_local(
         entries = await p.log.wait_for(1)
         assert entries[0].response_code == status
         assert flag in entries[0].response_flags
+        # The same reply must reach a keep-alive client that sends nothing more.
+        kept = await _keep_alive_exchange(p.port, request.replace(b"Connection: close\r\n", b""))
+        assert kept == out.replace(b"connection: close\r\n", b""), (kept, out)
         return out
+
+
+async def _keep_alive_exchange(port: int, request: bytes) -> bytes:
+    """One request on a connection kept open; the response is read by its content-length."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(request)
+        async with asyncio.timeout(3):
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = 0
+            for line in head.split(b"\r\n"):
+                if line.lower().startswith(b"content-length:"):
+                    length = int(line.split(b":", 1)[1])
+            return head + await reader.readexactly(length)
+    finally:
+        writer.close()
 
 
 async def test_no_route_404_nr() -> None:
