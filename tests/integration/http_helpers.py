@@ -36,24 +36,10 @@ from sidecar.config.snapshot import (
     Workload,
 )
 from sidecar.listener.accept import ListenerHandle, acceptor
-from sidecar.runtime import Runtime, StreamInfo
+from sidecar.runtime import Runtime
 from sidecar.upstream.cluster import ClusterManager
 
-
-class CollectingLog:
-    """Access logger that keeps every StreamInfo."""
-
-    def __init__(self) -> None:
-        self.entries: list[StreamInfo] = []
-
-    def log(self, info: StreamInfo) -> None:
-        self.entries.append(info)
-
-    async def wait_for(self, n: int, timeout: float = 5.0) -> list[StreamInfo]:
-        async with asyncio.timeout(timeout):
-            while len(self.entries) < n:
-                await asyncio.sleep(0.01)
-        return self.entries
+from .proxy_fixtures import CollectingLog
 
 
 @dataclass
