@@ -3,14 +3,14 @@
 Theory of operation: the server owns one `Runtime` (cluster manager, access log, drain manager,
 server-wide counters) and hands it, with the snapshot current at accept time, to each downstream
 connection. Each request (HTTP) or connection (TCP) fills one `StreamInfo` as it goes; when it ends,
-the StreamInfo is given to the access log (and, later, metrics and tracing). StreamInfo uses slots
-and plain fields so filling it costs attribute stores, nothing more.
+the StreamInfo is given to the access log (and, later, metrics and tracing). StreamInfo keeps its
+defaults on the class, so building one costs two stores and filling it one store per field learnt.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 from sidecar.outcome import ResponseFlag
@@ -41,12 +41,15 @@ class Downstream:
     original_dst: Address | None = None  # set when the listener reads SO_ORIGINAL_DST
 
 
-@dataclass(slots=True)
 class StreamInfo:
-    """Everything known about one request (L7) or one connection (L4), for logs and stats."""
+    """Everything known about one request (L7) or one connection (L4), for logs and stats.
 
-    start_time: float = field(default_factory=time.time)  # wall clock, for the log timestamp
-    start_mono: float = field(default_factory=time.monotonic)
+    The fields' defaults are class attributes: building one (once per request) stores only the
+    two start times, and a stream assigns what it learns. Not slotted for that reason.
+    """
+
+    start_time: float  # wall clock, for the log timestamp
+    start_mono: float
     end_mono: float = 0.0
     protocol: str = "-"  # "HTTP/1.1", "HTTP/2", or "-" for TCP
     method: str = "-"
@@ -72,6 +75,13 @@ class StreamInfo:
     requested_server_name: str = "-"
     listener_name: str = "-"
     direction: str = "-"  # "inbound" | "outbound"
+
+    def __init__(self, start_time: float | None = None) -> None:
+        self.start_time = time.time() if start_time is None else start_time
+        self.start_mono = time.monotonic()
+
+    def __repr__(self) -> str:
+        return f"StreamInfo({vars(self)!r})"
 
     def finish(self) -> None:
         if not self.end_mono:

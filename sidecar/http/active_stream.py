@@ -141,7 +141,7 @@ class ActiveStream:
         if endpoint is None:
             self.fail(ResponseFlag.UH)
             return
-        key = ("h1", endpoint)
+        key = ("h1", endpoint.address, endpoint.port)  # (hashing the Endpoint costs more)
         pool: Http1Pool | None = state.pools.get(key)  # type: ignore[assignment]
         if pool is None:
             pool = Http1Pool(state.cluster, endpoint, state.counters)

@@ -5,7 +5,8 @@ Bytes go through the sans-I/O codec (h1.py); its events (request head, body chun
 protocol error) go into one queue and `_pump` feeds them, in order, to the `ActiveStream` of the
 request in flight. A new request head waits in the queue until the previous exchange completed:
 pipelined requests are answered in order. The queue is bounded (reading pauses past
-PIPELINE_LIMIT bytes).
+PIPELINE_LIMIT bytes). The common read, one whole request without body while nothing is queued
+or in flight, skips the queue (`_pump_one`: the same steps as `_pump` for those two events).
 
 Writes are corked and coalesced: what handling a read produces for the client (ours or the
 upstream's) is queued and sent with one `writelines` at the start of the next event-loop turn
@@ -109,6 +110,18 @@ class HttpConnectionManagerProtocol(asyncio.Protocol):
             return
         events = codec.feed(data)
         q = self._queue
+        if (
+            len(events) == 2
+            and not q
+            and self.stream is None
+            and type(events[1]) is End
+            and codec.error is None
+            and codec.upgrade_tail is None
+        ):
+            self._pump_one(events[0], events[1])  # a whole request without body: the common case
+            if self._out:
+                self.schedule_flush()
+            return
         if q:
             self._queued += len(data)
         q.extend(events)
@@ -203,6 +216,21 @@ class HttpConnectionManagerProtocol(asyncio.Protocol):
             self._queued = 0
             if self._paused & PAUSE_PIPELINE:
                 self.resume_reading(PAUSE_PIPELINE)
+
+    def _pump_one(self, head: RequestEvent, end: RequestEvent) -> None:
+        """`_pump` for the events [head, end] arriving with no stream and an empty queue."""
+        if self._pumping or self._close_after or type(head) is not RequestHead:
+            self._queue.extend((head, end))
+            self._pump()
+            return
+        self._pumping = True
+        self._start(head)
+        stream = self.stream
+        if stream is not None and not self._lingering:
+            stream.on_request_end(end)  # type: ignore[arg-type]
+        if self.stream is not None:
+            self.stream.flush()
+        self._pumping = False
 
     def _new_info(self) -> StreamInfo:
         info = StreamInfo()

@@ -54,6 +54,7 @@ _HOP = frozenset(
         b"content-length",
     )
 )
+_HOP_LENGTHS = frozenset(len(n) for n in _HOP)  # most names are no hop header: skip lower()
 _REQUEST_SPECIAL = _HOP | {b"host", b"expect", b"x-forwarded-for", b"x-forwarded-proto",
                            b"x-request-id"}
 _CONN_BUILTIN = frozenset((b"close", b"keep-alive", b"upgrade", b""))
@@ -354,13 +355,14 @@ class H1ClientCodec:
                 self._trailers = []
             self._trailers.append((name, value))
             return
-        lname = name.lower()
-        if lname in _HOP:
-            special = self._special
-            old = special.get(lname)
-            special[lname] = value if old is None else old + b", " + value
-        else:
-            self._headers.append((name, value))
+        if len(name) in _HOP_LENGTHS:
+            lname = name.lower()
+            if lname in _HOP:
+                special = self._special
+                old = special.get(lname)
+                special[lname] = value if old is None else old + b", " + value
+                return
+        self._headers.append((name, value))
 
     def on_headers_complete(self) -> None:
         self._in_head = False

@@ -26,7 +26,8 @@ def _put_headers(parts: list[bytes], headers: Headers) -> None:
 def encode_request_head(head: RequestHead) -> bytes:
     """The request line and headers to send upstream (HTTP/1.1), framing re-computed."""
     parts = [head.method, b" ", head.path, b" HTTP/1.1\r\nhost: ", head.authority, CRLF]
-    _put_headers(parts, head.headers)
+    for name, value in head.headers:  # (_put_headers, inline: once per request)
+        parts += (name, b": ", value, CRLF)
     if head.forwarded_for is not None:
         parts += (b"x-forwarded-for: ", head.forwarded_for, CRLF)
     if head.forwarded_proto is not None:
@@ -50,7 +51,8 @@ def encode_response_head(head: ResponseHead, chunked: bool, close: bool) -> byte
     status = head.status
     line = _STATUS_LINE.get(status)
     parts = [b"HTTP/1.1 %d " % status if line is None else line, head.reason, CRLF]
-    _put_headers(parts, head.headers)
+    for name, value in head.headers:  # (_put_headers, inline: once per response)
+        parts += (name, b": ", value, CRLF)
     if chunked:
         parts.append(b"transfer-encoding: chunked\r\n")
     elif head.content_length >= 0:

@@ -34,7 +34,7 @@ if hasattr(os, "register_at_fork"):
 
 def new_request_id() -> bytes:
     """A random UUID4 in its canonical text form, as bytes."""
-    h = ((_bits(128) & _CLEAR) | _SET).to_bytes(16, "big").hex().encode("ascii")
+    h = b"%032x" % ((_bits(128) & _CLEAR) | _SET)
     return b"-".join((h[:8], h[8:12], h[12:16], h[16:20], h[20:]))
 
 

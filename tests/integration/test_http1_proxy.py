@@ -178,6 +178,31 @@ async def test_chunked_both_ways_with_trailers() -> None:
     up.close()
 
 
+async def test_whole_requests_in_single_reads_keep_their_trailers() -> None:
+    # Each read holds one whole request without body data (the connection manager's fast path),
+    # the first ending with trailers; a pipelined pair in one read takes the general path.
+    up = await Upstream(lambda r, t: t.write(ok(r.path.encode()))).start()
+    async with start_proxy(simple_routes("c"), [cluster("c", up.port)]) as p:
+        reader, writer = await asyncio.open_connection("127.0.0.1", p.port)
+        async with asyncio.timeout(5):
+            writer.write(b"POST /t HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
+                         b"0\r\nX-Trailer: t\r\n\r\n")
+            assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 200")
+            assert await reader.readexactly(2) == b"/t"
+            writer.write(b"GET /g HTTP/1.1\r\nHost: a\r\n\r\n")
+            assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 200")
+            assert await reader.readexactly(2) == b"/g"
+            writer.write(b"GET /1 HTTP/1.1\r\nHost: a\r\n\r\nGET /2 HTTP/1.1\r\nHost: a\r\n\r\n")
+            for path in (b"/1", b"/2"):
+                assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 200")
+                assert await reader.readexactly(2) == path
+        writer.close()
+        assert [r.path for r in up.requests] == ["/t", "/g", "/1", "/2"]
+        assert up.requests[0].header("x-trailer") == "t" and up.requests[0].body == b""
+        assert up.accepts == 1
+    up.close()
+
+
 async def test_http10_client_gets_close_delimited_response() -> None:
     def handle(req: Request, t: asyncio.Transport) -> None:
         t.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n")
