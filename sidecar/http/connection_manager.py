@@ -37,6 +37,7 @@ from sidecar.config.snapshot import HttpConnectionManager
 from sidecar.errors import ProtocolError
 from sidecar.http import local_reply
 from sidecar.http.active_stream import ActiveStream
+from sidecar.http.coalesce import CoalescedWrites
 from sidecar.http.h1 import H1ServerCodec
 from sidecar.http.h1_encode import chunk, encode_response_head, last_chunk
 from sidecar.http.router import RouteTable, route_table
@@ -47,7 +48,6 @@ from sidecar.tcp.relay import Relay, splice
 
 HIGH_WATER = 256 * 1024
 LOW_WATER = 64 * 1024
-DEFER_LIMIT = 64 * 1024  # body bytes held for the next loop turn's write; more go out at once
 PIPELINE_LIMIT = 64 * 1024  # bytes of queued pipelined requests before reading pauses
 UPGRADE_LIMIT = 64 * 1024  # client bytes held while an upgrade waits for the 101
 LINGER_SECONDS = 1.0  # Envoy's delayed_close_timeout
@@ -57,7 +57,7 @@ PAUSE_UPGRADE = 16
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 
-class HttpConnectionManagerProtocol(asyncio.Protocol):
+class HttpConnectionManagerProtocol(CoalescedWrites, asyncio.Protocol):
     """One downstream HTTP/1.1 connection: parse, route, proxy, answer in order."""
 
     def __init__(self, runtime: Runtime, downstream: Downstream, config: HttpConnectionManager):
@@ -336,29 +336,8 @@ class HttpConnectionManagerProtocol(asyncio.Protocol):
             self._close_after = True
         self._out.append(local_reply.render(status, body, close, req.method == b"HEAD"))
 
-    def schedule_flush(self) -> None:
-        """Write what is queued at the start of the next event-loop turn (see the module doc)."""
-        if self._out_bytes > DEFER_LIMIT:
-            self.flush()  # bulk data: now, so that a full socket buffer pauses the reader at once
-        elif self._out and not self._flush_pending:
-            self._flush_pending = True
-            self._loop.call_soon(self._deferred_flush)
-
-    def _deferred_flush(self) -> None:
-        self._flush_pending = False
-        transport = self.transport
-        if transport is not None and not transport.is_closing():
-            self.flush()  # (an aborted connection drops what it had not sent)
-
-    def flush(self) -> None:
-        out = self._out
-        if out and self.transport is not None and not self._closed:
-            self._out = []
-            self._out_bytes = 0
-            if len(out) == 1:
-                self.transport.write(out[0])
-            else:
-                self.transport.writelines(out)
+    def _writable(self) -> bool:
+        return self.transport is not None and not self._closed
 
     def reset(self) -> None:
         """Reset the client connection (failure after the response head was sent)."""

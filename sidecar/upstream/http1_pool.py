@@ -28,6 +28,7 @@ import asyncio
 from typing import cast
 
 from sidecar.config.snapshot import Cluster, Endpoint
+from sidecar.http.coalesce import CoalescedWrites
 from sidecar.http.h1 import H1ClientCodec
 from sidecar.http.h1_encode import chunk, encode_request_head, last_chunk
 from sidecar.http.stream import End, RequestHead, ResponseHead, ResponseSink
@@ -37,10 +38,9 @@ from sidecar.upstream.connect import connect
 
 HIGH_WATER = 256 * 1024
 LOW_WATER = 64 * 1024
-DEFER_LIMIT = 64 * 1024  # body bytes held for the next loop turn's write; more go out at once
 
 
-class UpstreamH1Connection(asyncio.Protocol):
+class UpstreamH1Connection(CoalescedWrites, asyncio.Protocol):
     """One upstream HTTP/1.1 connection, serving one stream at a time."""
 
     __slots__ = (
@@ -178,30 +178,6 @@ class UpstreamH1Connection(asyncio.Protocol):
     def send_end(self, end: End) -> None:
         if self._chunked:
             self._out.append(last_chunk(end.trailers))
-
-    def schedule_flush(self) -> None:
-        """Write what is queued at the start of the next event-loop turn (see the module doc)."""
-        if self._out_bytes > DEFER_LIMIT:
-            self.flush()  # bulk data: now, so that a full socket buffer pauses the reader at once
-        elif self._out and not self._flush_pending:
-            self._flush_pending = True
-            self._loop.call_soon(self._deferred_flush)
-
-    def _deferred_flush(self) -> None:
-        self._flush_pending = False
-        transport = self.transport
-        if transport is not None and not transport.is_closing():
-            self.flush()  # (a closed connection drops the request it abandoned)
-
-    def flush(self) -> None:
-        out = self._out
-        if out and self.transport is not None:
-            self._out = []
-            self._out_bytes = 0
-            if len(out) == 1:
-                self.transport.write(out[0])
-            else:
-                self.transport.writelines(out)
 
     def pause_reading(self) -> None:
         if self.transport is not None and not self.closed:

@@ -23,6 +23,7 @@ from sidecar.observability.access_log import (
 )
 from sidecar.outcome import ResponseFlag
 from sidecar.runtime import StreamInfo
+from tests.conftest import require
 
 # Istio's default text format, one group per %FIELD%.
 TEXT_LINE = re.compile(
@@ -175,8 +176,7 @@ def test_full_disk_is_counted_not_raised() -> None:
 
 
 def require_dev_full() -> None:
-    if not os.path.exists("/dev/full"):
-        pytest.skip("no /dev/full here")
+    require(os.path.exists("/dev/full"), "no /dev/full here")
 
 
 def test_closed_stream_is_counted_not_raised(monkeypatch: pytest.MonkeyPatch) -> None:
