@@ -53,14 +53,21 @@ def _port_number(fields: Fields, key: str) -> int | None:
     return fields.read_required(key, Node.port)
 
 
+def _port_fields(f: Fields) -> tuple[int | None, str, str, str]:
+    """What Service and EndpointSlice ports share: port, name, protocol, appProtocol."""
+    return (
+        _port_number(f, "port"),
+        f.read("name", names.port_name, ""),
+        f.choice("protocol", TRANSPORTS, "TCP"),
+        f.string("appProtocol"),
+    )
+
+
 def _service_port(node: Node) -> ServicePort | None:
     f = node.fields()
     if f is None:
         return None
-    port = _port_number(f, "port")
-    name = f.read("name", names.port_name, "")
-    protocol = f.choice("protocol", TRANSPORTS, "TCP")
-    app_protocol = f.string("appProtocol")
+    port, name, protocol, app_protocol = _port_fields(f)
     node_port = f.read("nodePort", Node.port, 0) or None
     target: int | str = port or 0
     target_node = f.get("targetPort")
@@ -210,10 +217,7 @@ def _slice_port(node: Node) -> SlicePort | None:
     f = node.fields()
     if f is None:
         return None
-    port = _port_number(f, "port")
-    name = f.read("name", names.port_name, "")
-    protocol = f.choice("protocol", TRANSPORTS, "TCP")
-    app_protocol = f.string("appProtocol")
+    port, name, protocol, app_protocol = _port_fields(f)
     f.finish()
     return None if port is None else SlicePort(port, name, protocol, app_protocol)
 

@@ -17,29 +17,22 @@ from typing import cast
 
 import httptools
 
-from sidecar.bootstrap import Bootstrap
 from sidecar.config.snapshot import (
     Cluster,
-    Direction,
     DiscoveryType,
     Endpoint,
-    FilterChain,
-    FilterChainMatch,
     HttpConnectionManager,
-    Listener,
     Protocol,
     Route,
     RouteConfig,
     RouteMatch,
-    Snapshot,
     VirtualHost,
-    Workload,
 )
-from sidecar.listener.accept import ListenerHandle, acceptor
 from sidecar.runtime import Runtime
 from sidecar.upstream.cluster import ClusterManager
 
 from .proxy_fixtures import CollectingLog
+from .proxy_fixtures import start_proxy as start_listener
 
 
 @dataclass
@@ -180,38 +173,13 @@ class Proxy:
 async def start_proxy(
     routes: RouteConfig, clusters: list[Cluster]
 ) -> AsyncIterator[Proxy]:
-    """A real listener (the lead's AcceptProtocol); its one chain is the HTTP conn manager."""
+    """A real listener (the production AcceptProtocol) whose one chain is the HTTP conn manager."""
     hcm = HttpConnectionManager(route_config=routes.name, stat_prefix="test")
-    chain = FilterChain(name="http", match=FilterChainMatch(), filter=hcm)
-    listener = Listener(
-        name="test_listener",
-        address="127.0.0.1",
-        port=0,
-        direction=Direction.OUTBOUND,
-        use_original_dst=False,
-        filter_chains=(chain,),
-    )
-    snapshot = Snapshot(
-        version="t",
-        workload=Workload(name="w", namespace="default"),
-        listeners=(listener,),
-        route_configs={routes.name: routes},
-        clusters={c.name: c for c in clusters},
-    )
-    cm = ClusterManager()
-    cm.update(snapshot)
-    log = CollectingLog()
-    runtime = Runtime(Bootstrap(), cm, log)
-    handle = ListenerHandle(listener, snapshot)
-    loop = asyncio.get_running_loop()
-    server = await loop.create_server(acceptor(runtime, handle), "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
+    running = await start_listener(hcm, tuple(clusters), route_configs={routes.name: routes})
     try:
-        yield Proxy(port, runtime, log, cm)
+        yield Proxy(running.port, running.runtime, running.log, running.clusters)
     finally:
-        server.close()
-        runtime.abort_all()
-        cm.close()
+        running.close()
         await asyncio.sleep(0)
 
 
