@@ -39,6 +39,10 @@ class Downstream:
     chain: FilterChain
     snapshot: Snapshot  # read once at accept; the connection keeps it to the end
     original_dst: Address | None = None  # set when the listener reads SO_ORIGINAL_DST
+    # What protocol detection found (listener/sniff.py); empty when the chain needed none.
+    detected: str = ""  # "tls" | "h2c" | "http/1.1" | "http/1.0" | "tcp"
+    server_name: str = ""  # TLS SNI
+    alpn: tuple[str, ...] = ()  # TLS ALPN protocols the client offered
 
 
 class StreamInfo:
@@ -59,6 +63,7 @@ class StreamInfo:
     request_id: str = "-"
     forwarded_for: str = "-"
     response_code: int = 0  # 0 = no response sent
+    grpc_status: int | None = None  # gRPC calls: grpc-status from the trailers (or trailers-only)
     response_flags: ResponseFlag = ResponseFlag.NONE
     response_code_details: str = "-"
     bytes_received: int = 0  # request body (L7) / bytes from downstream (L4)

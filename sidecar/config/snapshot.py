@@ -100,6 +100,9 @@ class Cluster:
     idle_timeout: float = 3600.0  # seconds an idle upstream connection is kept (Envoy: 1h)
     source_address: str | None = None  # bind upstream sockets here (inbound: 127.0.0.6 / ::6)
     max_requests_per_connection: int = 0  # 0 = unlimited
+    max_requests: int = 0  # active requests to the cluster at most (http2MaxRequests); 0 = any
+    h2_upgrade: bool = False  # HTTP/1.1 ports: speak HTTP/2 upstream (h2UpgradePolicy UPGRADE)
+    use_client_protocol: bool = False  # upstream protocol = the client's (useClientProtocol)
     service: str = ""  # FQDN of the Service or ServiceEntry host this cluster serves
     service_namespace: str = ""
     direction: Direction = Direction.OUTBOUND
@@ -166,16 +169,23 @@ class RouteConfig:
     virtual_hosts: tuple[VirtualHost, ...]
 
 
+# The application protocols Envoy's http_inspector reports for plain-text HTTP.
+HTTP_DETECTED: tuple[str, ...] = ("http/1.0", "http/1.1", "h2c")
+
+
 @dataclass(frozen=True, slots=True)
 class FilterChainMatch:
     """Which connections a filter chain takes; empty fields match anything.
 
     Selection follows Envoy: the most specific destination port first (an exact port beats no
-    port), then the longest destination prefix.
+    port), then the longest destination prefix, then (among the chains sharing that port and
+    prefix) the transport protocol and the application protocols the listener detected.
     """
 
     destination_port: int | None = None
     prefix_ranges: tuple[IPNetwork, ...] = ()
+    transport_protocol: str = ""  # "tls" | "raw_buffer" | "" (any)
+    application_protocols: tuple[str, ...] = ()  # "http/1.0", "http/1.1", "h2c", ALPN; () = any
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,6 +195,7 @@ class HttpConnectionManager:
     route_config: str
     stat_prefix: str
     protocol: Protocol = Protocol.HTTP
+    stream_idle_timeout: float = 300.0  # seconds a stream may make no progress (Envoy's 5 min)
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,6 +220,17 @@ class FilterChain:
 
 
 @dataclass(frozen=True, slots=True)
+class TlsContext:
+    """Envoy's DownstreamTlsContext, from files: the certificate the listener presents."""
+
+    certificate_chain: str
+    private_key: str
+    ca_certificates: str = ""  # set: clients must present a certificate chaining to these
+    alpn: tuple[str, ...] = ("h2", "http/1.1")  # offered in this order (HTTP listeners)
+    min_version: str = ""  # "TLSV1_2" | "TLSV1_3" | "" (library default)
+
+
+@dataclass(frozen=True, slots=True)
 class Listener:
     """A socket the proxy accepts on, and how it hands each connection to a filter chain."""
 
@@ -219,6 +241,8 @@ class Listener:
     use_original_dst: bool  # read SO_ORIGINAL_DST (iptables REDIRECT capture)
     filter_chains: tuple[FilterChain, ...]
     default_filter_chain: FilterChain | None = None  # no chain matched: this, else close
+    detection_timeout: float = 0.1  # seconds protocol detection waits for the client's bytes
+    tls: TlsContext | None = None  # terminate TLS on every connection (Sidecar ingress tls)
 
 
 @dataclass(frozen=True, slots=True)

@@ -25,14 +25,16 @@ import asyncio
 from time import monotonic
 from typing import TYPE_CHECKING, Protocol
 
-from sidecar.http import local_reply
+from sidecar.http import grpc, local_reply
 from sidecar.http.headers import apply_forwarding
 from sidecar.http.router import CompiledRoute, RouteTable
-from sidecar.http.stream import End, RequestHead, ResponseHead
+from sidecar.http.stream import End, RequestHead, ResponseHead, UpstreamRequest
 from sidecar.outcome import ResponseFlag
 from sidecar.runtime import Downstream, Runtime, StreamInfo
 from sidecar.upstream.connect import UpstreamConnectError
-from sidecar.upstream.http1_pool import Http1Pool, UpstreamH1Connection
+from sidecar.upstream.h2_pool import Http2Pool
+from sidecar.upstream.http1_pool import Http1Pool
+from sidecar.upstream.pools import http_pool, upstream_http2
 
 if TYPE_CHECKING:
     from sidecar.upstream.cluster import ClusterState
@@ -95,8 +97,8 @@ class ActiveStream:
         self.info = info
         self.route: CompiledRoute | None = None
         self.state: ClusterState | None = None
-        self.pool: Http1Pool | None = None
-        self.upstream: UpstreamH1Connection | None = None
+        self.pool: Http1Pool | Http2Pool | None = None
+        self.upstream: UpstreamRequest | None = None
         self._pending: list[bytes | End] | None = None  # set while connecting
         self._pending_bytes = 0
         self._timer: asyncio.TimerHandle | None = None
@@ -141,14 +143,17 @@ class ActiveStream:
         if endpoint is None:
             self.fail(ResponseFlag.UH)
             return
-        key = ("h1", endpoint.address, endpoint.port)  # (hashing the Endpoint costs more)
-        pool: Http1Pool | None = state.pools.get(key)  # type: ignore[assignment]
-        if pool is None:
-            pool = Http1Pool(state.cluster, endpoint, state.counters)
-            state.pools[key] = pool
+        cluster = state.cluster
+        if cluster.max_requests and state.counters.upstream_rq_active >= cluster.max_requests:
+            state.counters.upstream_rq_pending_overflow += 1
+            self.fail(ResponseFlag.UO)  # the circuit breaker (http2MaxRequests) is open
+            return
+        pool = http_pool(state, endpoint, head.upgrade is None and upstream_http2(cluster, head))
         self.pool = pool
         info.upstream_host = pool.host
         apply_forwarding(head, conn.remote_ip)
+        if head.grpc:
+            self._arm_deadline(route.timeout)
         rid = head.request_id
         if rid is not None:
             info.request_id = rid.decode("latin-1")
@@ -175,7 +180,16 @@ class ActiveStream:
         self._attach(up)
         up.flush()
 
-    def _attach(self, up: UpstreamH1Connection) -> None:
+    def _arm_deadline(self, route_timeout: float | None) -> None:
+        """A gRPC call's grpc-timeout, capped by the route's timeout, runs from its start."""
+        deadline = grpc.timeout_of(self.head.headers)
+        if deadline is None:
+            return
+        if route_timeout:
+            deadline = min(deadline, route_timeout)
+        self._timer = asyncio.get_running_loop().call_later(deadline, self._on_timeout)
+
+    def _attach(self, up: UpstreamRequest) -> None:
         self.upstream = up
         up.bind(self)
         self.info.upstream_local_address = up.local_address
@@ -269,9 +283,11 @@ class ActiveStream:
     def on_response_head(self, head: ResponseHead) -> None:
         self.response_started = True
         self.info.response_code = head.status
+        if self.head.grpc:
+            self.info.grpc_status = grpc.status_of(head.headers)  # trailers-only responses
         if head.status == 101:
             if self.head.upgrade is None:
-                self.on_upstream_reset(True)
+                self.on_upstream_reset(ResponseFlag.UPE)
                 return
             self.upgrading = True
         self.conn.send_head(self, head)
@@ -285,6 +301,8 @@ class ActiveStream:
     def on_response_end(self, end: End) -> None:
         if self.upgrading:
             return  # the switch follows in on_upgraded
+        if end.trailers is not None and self.head.grpc:
+            self.info.grpc_status = grpc.status_of(end.trailers)
         self.conn.send_end(end)
         self.response_done = True
         if self.request_done:
@@ -305,9 +323,9 @@ class ActiveStream:
         if transport is not None:
             self.conn.switch_to_relay(self, transport, tail)
 
-    def on_upstream_reset(self, protocol_error: bool) -> None:
+    def on_upstream_reset(self, flag: ResponseFlag) -> None:
         self.upstream = None
-        self.fail(ResponseFlag.UPE if protocol_error else ResponseFlag.UC)
+        self.fail(flag)
 
     def on_upstream_write_paused(self) -> None:
         self.conn.pause_reading(PAUSE_UPSTREAM)
@@ -338,7 +356,7 @@ class ActiveStream:
 
     def _local(self, status: int, body: bytes) -> None:
         self.response_started = self.response_done = True
-        self.info.response_code = status
+        self.info.response_code = 200 if self.head.grpc else status  # gRPC: status in trailers
         if self.head.method != b"HEAD":
             self.info.bytes_sent = len(body)
         self.conn.send_local_reply(self, status, body)  # closes after if the request is unread

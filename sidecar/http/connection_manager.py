@@ -42,8 +42,9 @@ from sidecar.http.h1 import H1ServerCodec
 from sidecar.http.h1_encode import chunk, encode_response_head, last_chunk
 from sidecar.http.router import RouteTable, route_table
 from sidecar.http.stream import End, RequestEvent, RequestHead, ResponseHead
+from sidecar.http.stream_info import ConnectionLabels, describe_request
 from sidecar.outcome import ResponseFlag
-from sidecar.runtime import Downstream, Runtime, StreamInfo, format_address
+from sidecar.runtime import Downstream, Runtime
 from sidecar.tcp.relay import Relay, splice
 
 HIGH_WATER = 256 * 1024
@@ -66,11 +67,8 @@ class HttpConnectionManagerProtocol(CoalescedWrites, asyncio.Protocol):
         self.config = config
         rc = downstream.snapshot.route_configs.get(config.route_config)
         self.table: RouteTable | None = route_table(rc) if rc is not None else None
-        self.remote_ip = downstream.remote[0].encode("ascii")
-        self._remote = format_address(*downstream.remote)
-        self._local = format_address(*downstream.local)
-        self._direction = downstream.listener.direction.value
-        self._listener = downstream.listener.name
+        self.labels = ConnectionLabels(downstream)
+        self.remote_ip = self.labels.remote_ip
         self.codec = H1ServerCodec()
         self.transport: asyncio.Transport | None = None
         self.stream: ActiveStream | None = None
@@ -232,28 +230,9 @@ class HttpConnectionManagerProtocol(CoalescedWrites, asyncio.Protocol):
             self.stream.flush()
         self._pumping = False
 
-    def _new_info(self) -> StreamInfo:
-        info = StreamInfo()
-        info.downstream_local_address = self._local
-        info.downstream_remote_address = info.downstream_direct_remote_address = self._remote
-        info.listener_name = self._listener
-        info.direction = self._direction
-        rc = self.runtime.counters
-        rc.downstream_rq_total += 1
-        rc.downstream_rq_active += 1
-        return info
-
     def _start(self, head: RequestHead) -> None:
-        info = self._new_info()
-        info.protocol = "HTTP/1.1" if head.version == "1.1" else "HTTP/1.0"
-        info.method = head.method.decode("latin-1")
-        info.path = head.path.decode("latin-1")
-        if head.authority:
-            info.authority = head.authority.decode("latin-1")
-        if head.user_agent is not None:
-            info.user_agent = head.user_agent.decode("latin-1")
-        if head.forwarded_for is not None:
-            info.forwarded_for = head.forwarded_for.decode("latin-1")
+        info = self.labels.new_info(self.runtime)
+        describe_request(info, head, "HTTP/1.1" if head.version == "1.1" else "HTTP/1.0")
         stream = ActiveStream(self, head, info)
         self.stream = stream
         stream.start()
@@ -265,7 +244,7 @@ class HttpConnectionManagerProtocol(CoalescedWrites, asyncio.Protocol):
         if stream is not None:
             stream.on_downstream_reset(err.status)
             return
-        info = self._new_info()
+        info = self.labels.new_info(self.runtime)
         info.response_code = err.status
         info.response_flags = ResponseFlag.DPE
         info.response_code_details = err.reason

@@ -17,7 +17,10 @@ more, because one is built per message on the hot path.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Protocol
+
+from sidecar.outcome import ResponseFlag
 
 Header = tuple[bytes, bytes]
 Headers = list[Header]
@@ -35,6 +38,7 @@ class RequestHead:
         "expect_continue",
         "forwarded_for",
         "forwarded_proto",
+        "grpc",
         "headers",
         "keep_alive",
         "method",
@@ -62,6 +66,7 @@ class RequestHead:
         self.forwarded_proto: bytes | None = None
         self.request_id: bytes | None = None
         self.user_agent: bytes | None = None  # also still in `headers`
+        self.grpc = False  # content-type application/grpc* (set by the HTTP/2 codec)
 
     @property
     def has_body(self) -> bool:
@@ -127,8 +132,9 @@ class ResponseSink(Protocol):
     def on_upgraded(self, tail: bytes) -> None:
         """The upstream switched protocols; `tail` is raw data that followed the 101."""
 
-    def on_upstream_reset(self, protocol_error: bool) -> None:
-        """The upstream connection closed or broke the protocol before the response ended."""
+    def on_upstream_reset(self, flag: ResponseFlag) -> None:
+        """The upstream closed (UC), reset the stream (UR) or broke the protocol (UPE) before
+        the response ended."""
 
     def on_batch_end(self) -> None:
         """The events of one read have been delivered (a good time to flush writes)."""
@@ -136,3 +142,25 @@ class ResponseSink(Protocol):
     def on_upstream_write_paused(self) -> None: ...
 
     def on_upstream_write_resumed(self) -> None: ...
+
+
+class UpstreamRequest(Protocol):
+    """One request's upstream side: an HTTP/1.1 connection, or a stream of an HTTP/2 one."""
+
+    local_address: str
+    reusable: bool
+
+    def bind(self, sink: ResponseSink) -> None: ...
+    def send_head(self, head: RequestHead) -> None: ...
+    def send_data(self, data: bytes) -> None: ...
+    def send_end(self, end: End) -> None: ...
+    def flush(self) -> None: ...
+    def schedule_flush(self) -> None: ...
+    def pause_reading(self) -> None: ...
+    def resume_reading(self) -> None: ...
+
+    def detach(self) -> asyncio.Transport | None:
+        """Take the socket away for a protocol upgrade (HTTP/1.1 only)."""
+
+    def close(self) -> None:
+        """Abandon the request (close the connection, or cancel the stream)."""

@@ -31,7 +31,8 @@ from sidecar.config.snapshot import Cluster, Endpoint
 from sidecar.http.coalesce import CoalescedWrites
 from sidecar.http.h1 import H1ClientCodec
 from sidecar.http.h1_encode import chunk, encode_request_head, last_chunk
-from sidecar.http.stream import End, RequestHead, ResponseHead, ResponseSink
+from sidecar.http.stream import End, RequestHead, ResponseHead, ResponseSink, UpstreamRequest
+from sidecar.outcome import ResponseFlag
 from sidecar.runtime import format_address
 from sidecar.upstream.cluster import ClusterCounters
 from sidecar.upstream.connect import connect
@@ -113,7 +114,7 @@ class UpstreamH1Connection(CoalescedWrites, asyncio.Protocol):
         if codec.error is not None:
             self.reusable = False
             self.sink = None
-            sink.on_upstream_reset(True)
+            sink.on_upstream_reset(ResponseFlag.UPE)
             self.close()
         elif codec.upgrade_tail is not None:
             self.reusable = False
@@ -141,7 +142,7 @@ class UpstreamH1Connection(CoalescedWrites, asyncio.Protocol):
                 sink.on_response_end(ev)
                 return
         self.sink = None
-        sink.on_upstream_reset(False)
+        sink.on_upstream_reset(ResponseFlag.UC)
 
     def pause_writing(self) -> None:
         if self.sink is not None:
@@ -258,8 +259,9 @@ class Http1Pool:
             raise
         return conn
 
-    def release(self, conn: UpstreamH1Connection) -> None:
+    def release(self, up: UpstreamRequest) -> None:
         """Return a connection whose exchange completed cleanly; it is kept if it may be reused."""
+        conn = cast(UpstreamH1Connection, up)
         conn.sink = None
         if conn._out:  # the end of the request, queued after the response had already ended
             conn.flush()

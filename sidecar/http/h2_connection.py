@@ -1,0 +1,433 @@
+"""The HTTP connection manager for HTTP/2 downstream connections (h2c and h2 by ALPN).
+
+Theory of operation: bytes go into one `h2.H2Connection` (server side, settings from h2_codec);
+its events are dispatched per stream. A new stream's request head gets an `H2DownstreamStream`
+(h2_stream.py) and an `ActiveStream`, the same exchange class HTTP/1.1 uses, so routing,
+upstream choice and failures are shared; many streams run at once, each independent of the
+others. Output (frames from every stream) is written once per event-loop turn.
+
+Flow control end to end: request DATA is acknowledged as soon as it was passed on, unless the
+stream's upstream pushed back, in which case the window update waits (h2_stream.py). Response
+data goes out as the client's windows allow; while our socket's write buffer is full nothing more
+is framed. Each stream's queue is bounded by back-pressure on its upstream, and a stream that
+makes no progress for `stream_idle_timeout` is reset, so a client holding windows at zero costs
+bounded memory for bounded time.
+
+Closing: GOAWAY is written by hand for a graceful close (drain), so streams already open finish
+(h2's own close_connection would refuse any further frame); new streams after it are refused
+with REFUSED_STREAM. A protocol error is a connection error: h2 has queued GOAWAY with the code,
+it is flushed and the socket closed. RST_STREAM from the client ends that stream's exchange (its
+upstream request is cancelled: DC).
+
+Protection (the attacks of RFC 9113 section 10.5 and the CVEs since), answered as Envoy does,
+GOAWAY ENHANCE_YOUR_CALM then close: rapid reset (CVE-2023-44487: at least PREMATURE_RESET_MIN
+streams and half of them reset by the client before a response began), control-frame floods
+(more than CONTROL_FRAMES_PER_SECOND PING/SETTINGS frames in one second, or any while our
+output is backed up past the high-water mark), runs of empty DATA frames. CONTINUATION floods and
+HPACK bombs are stopped inside h2 (a bounded CONTINUATION backlog; the header list size limit
+enforced while decoding) and end as connection errors.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import cast
+
+import h2.events
+import h2.exceptions
+import h2.settings
+
+from sidecar.config.snapshot import HttpConnectionManager
+from sidecar.http import h2_codec
+from sidecar.http.active_stream import ActiveStream
+from sidecar.http.h2_codec import ENHANCE_YOUR_CALM, HIGH_WATER, LOW_WATER, pump
+from sidecar.http.h2_stream import H2DownstreamStream
+from sidecar.http.router import RouteTable, route_table
+from sidecar.http.stream import END, End
+from sidecar.http.stream_info import ConnectionLabels, describe_request
+from sidecar.outcome import ResponseFlag
+from sidecar.runtime import Downstream, Runtime
+
+SOCKET_HIGH_WATER = 512 * 1024
+SOCKET_LOW_WATER = 128 * 1024
+PREMATURE_RESET_MIN = 500  # Envoy: overload premature_reset_total_stream_count
+CONTROL_FRAMES_PER_SECOND = 10_000
+MAX_EMPTY_DATA_FRAMES = 100  # consecutive DATA frames with no payload and no END_STREAM
+DEFER_LIMIT = 64 * 1024  # framed bytes held for the next turn's write; more go out at once
+
+
+class H2ConnectionManagerProtocol(asyncio.Protocol):
+    """One downstream HTTP/2 connection: many streams, each an ActiveStream."""
+
+    def __init__(self, runtime: Runtime, downstream: Downstream, config: HttpConnectionManager):
+        self.runtime = runtime
+        self.downstream = downstream
+        self.config = config
+        rc = downstream.snapshot.route_configs.get(config.route_config)
+        self.table: RouteTable | None = route_table(rc) if rc is not None else None
+        self.labels = ConnectionLabels(downstream)
+        self.remote_ip = self.labels.remote_ip
+        self.loop = asyncio.get_running_loop()
+        self.h2 = h2_codec.new_connection(client=False)
+        self.transport: asyncio.Transport | None = None
+        self.streams: dict[int, H2DownstreamStream] = {}
+        self._write_paused = False
+        self._flush_pending = False
+        self._closed = False
+        self._goaway_id: int | None = None  # last stream id of our graceful GOAWAY
+        self._peer_goaway = False
+        self._streams_total = 0
+        self._premature_resets = 0
+        self._control_frames = 0
+        self._control_window = 0.0
+        self._empty_data = 0
+        self._idle_timer: asyncio.TimerHandle | None = None
+        self._touched: set[H2DownstreamStream] = set()  # streams that got request events
+
+    # asyncio callbacks -------------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's are not asyncio.Transport
+        self.transport.set_write_buffer_limits(high=SOCKET_HIGH_WATER, low=SOCKET_LOW_WATER)
+        self.runtime.connection_opened(self)
+        self.flush()  # our preface: SETTINGS and the connection window
+
+    def data_received(self, data: bytes) -> None:
+        if self._closed:
+            return
+        try:
+            events = self.h2.receive_data(data)
+        except h2.exceptions.ProtocolError:
+            self._connection_error()
+            return
+        touched = self._touched
+        for ev in events:
+            t = type(ev)
+            if t is h2.events.DataReceived:
+                self._on_data(ev)  # type: ignore[arg-type]
+            elif t is h2.events.RequestReceived:
+                self._on_request(ev)  # type: ignore[arg-type]
+            elif t is h2.events.StreamEnded:
+                s = self.streams.get(ev.stream_id)  # type: ignore[attr-defined]
+                if s is not None and not s.request_ended:
+                    s.request_ended = True
+                    touched.add(s)
+                    if s.active is not None:
+                        s.active.on_request_end(END)
+            elif t is h2.events.TrailersReceived:
+                self._on_trailers(ev)  # type: ignore[arg-type]
+            elif t is h2.events.WindowUpdated:
+                self._on_window(ev.stream_id)  # type: ignore[attr-defined]
+            elif t is h2.events.StreamReset:
+                self._on_reset(ev)  # type: ignore[arg-type]
+            elif t is h2.events.PingReceived or t is h2.events.RemoteSettingsChanged:
+                self._on_control(ev)
+            elif t is h2.events.ConnectionTerminated:
+                self._peer_goaway = True
+            if self.transport is None or self.transport.is_closing():
+                touched.clear()
+                return  # a connection error or GOAWAY ended it
+        for s in touched:
+            if s.active is not None and not s.active.done:
+                s.active.flush()  # the request events of this read go upstream together
+        touched.clear()
+        self.schedule_flush()
+        if self._peer_goaway and not self.streams:
+            self._close()
+
+    def eof_received(self) -> bool:
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._closed = True
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+            self._idle_timer = None
+        streams = list(self.streams.values())
+        self.streams.clear()
+        for s in streams:
+            s.closed = True
+            if s.active is not None:
+                s.active.on_downstream_reset(None)
+        self.runtime.connection_closed(self)
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        for s in list(self.streams.values()):
+            if s.out.chunks or (s.out.end and not s.out.done):
+                self.pump(s)
+        self.schedule_flush()
+
+    # Drainable ---------------------------------------------------------------------------------
+
+    def drain(self) -> None:
+        if self._goaway_id is not None or self._closed:
+            return
+        self._goaway_id = self.h2.highest_inbound_stream_id
+        self.flush()
+        if self.transport is not None:
+            self.transport.write(h2_codec.goaway(self._goaway_id))
+        if not self.streams:
+            self._close()
+
+    def abort(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
+
+    # events ------------------------------------------------------------------------------------
+
+    def _on_request(self, ev: h2.events.RequestReceived) -> None:
+        sid = ev.stream_id
+        ended = ev.stream_ended is not None
+        if self._goaway_id is not None and sid > self._goaway_id:
+            self.h2.reset_stream(sid, h2_codec.REFUSED_STREAM)
+            return
+        self._streams_total += 1
+        head = h2_codec.request_head(ev.headers, ended)
+        s = H2DownstreamStream(self, sid)
+        s.request_ended = ended
+        self.streams[sid] = s
+        info = self.labels.new_info(self.runtime)
+        describe_request(info, head, "HTTP/2")
+        active = ActiveStream(s, head, info)
+        s.active = active
+        self._touched.add(s)
+        active.start()
+        if ended and not active.done:
+            active.on_request_end(END)
+        self._arm_idle_timer()
+
+    def _on_data(self, ev: h2.events.DataReceived) -> None:
+        sid = ev.stream_id
+        size = ev.flow_controlled_length
+        data = ev.data
+        s = self.streams.get(sid)
+        if not data and ev.stream_ended is None:
+            self._empty_data += 1
+            if self._empty_data > MAX_EMPTY_DATA_FRAMES:
+                self._calm()
+                return
+        else:
+            self._empty_data = 0
+        if s is None or s.active is None or s.active.done:
+            if size:
+                self.h2.acknowledge_received_data(size, sid)  # the stream is gone: free the window
+            return
+        s.last_progress = self.loop.time()
+        self._touched.add(s)
+        if data:
+            s.active.on_request_data(data)
+        if s.read_paused:
+            s.unacked += size
+        elif size:
+            self.h2.acknowledge_received_data(size, sid)
+
+    def _on_trailers(self, ev: h2.events.TrailersReceived) -> None:
+        s = self.streams.get(ev.stream_id)
+        if s is not None and not s.request_ended:
+            s.request_ended = True
+            self._touched.add(s)
+            if s.active is not None:
+                s.active.on_request_end(End(list(ev.headers)))
+
+    def _on_window(self, stream_id: int) -> None:
+        if stream_id:
+            s = self.streams.get(stream_id)
+            if s is not None:
+                self.pump(s)
+            return
+        for s in list(self.streams.values()):
+            if s.out.chunks:
+                self.pump(s)
+
+    def _on_reset(self, ev: h2.events.StreamReset) -> None:
+        s = self.streams.pop(ev.stream_id, None)
+        if s is None:
+            return
+        s.closed = True
+        active = s.active
+        if active is not None and not active.done:
+            if not active.response_started:
+                self._premature_resets += 1
+            active.on_downstream_reset(None)
+        total = self._streams_total
+        if total >= PREMATURE_RESET_MIN and self._premature_resets * 2 >= total:
+            self._calm()  # rapid reset (CVE-2023-44487)
+
+    def _on_control(self, ev: object) -> None:
+        now = self.loop.time()
+        if now - self._control_window >= 1.0:
+            self._control_window = now
+            self._control_frames = 0
+        self._control_frames += 1
+        if self._control_frames > CONTROL_FRAMES_PER_SECOND or (
+            self._write_paused and self._control_frames > 100
+        ):
+            self._calm()
+            return
+        if type(ev) is h2.events.RemoteSettingsChanged:
+            changed = ev.changed_settings
+            if h2.settings.SettingCodes.INITIAL_WINDOW_SIZE in changed:
+                self._on_window(0)
+
+    # what the streams call ---------------------------------------------------------------------
+
+    def pump(self, s: H2DownstreamStream) -> None:
+        """Frame as much of the stream's queue as the windows allow."""
+        if self._write_paused or s.closed:
+            return
+        q = s.out
+        sent = pump(self.h2, s.id, q)
+        if sent:
+            s.last_progress = self.loop.time()
+        if q.queued > HIGH_WATER:
+            s.congested()
+        elif s.write_paused and q.queued < LOW_WATER:
+            s.writable()
+        if q.done:
+            self.stream_sent(s)
+        if sent > DEFER_LIMIT:
+            self.flush()
+        else:
+            self.schedule_flush()
+
+    def stream_sent(self, s: H2DownstreamStream) -> None:
+        """The response's END_STREAM was framed."""
+        active = s.active
+        if active is None or active.done:
+            self._sent(s)
+
+    def stream_complete(self, s: H2DownstreamStream) -> None:
+        """The stream's exchange is over (ActiveStream completed)."""
+        if s.closed:
+            self._forget(s)
+            return
+        q = s.out
+        if not q.end:  # over without a whole response (it would have been reset): cancel
+            self.reset_stream(s, h2_codec.CANCEL)
+            return
+        if not s.request_ended:
+            # Answered before the request ended: once the response is out, RST_STREAM
+            # NO_ERROR tells the client to stop sending (RFC 9113 section 8.1).
+            s.request_ended = True
+            s.reset_when_sent = True
+        if q.done:
+            self._sent(s)
+        # else: the queue still drains; pump finishes the stream once END_STREAM is out
+
+    def _sent(self, s: H2DownstreamStream) -> None:
+        if s.reset_when_sent:
+            self.reset_stream(s, h2_codec.NO_ERROR)
+        else:
+            self._forget(s)
+
+    def reset_stream(self, s: H2DownstreamStream, code: int) -> None:
+        if not s.closed:
+            s.closed = True
+            s.out.chunks.clear()
+            s.out.queued = 0
+            with contextlib.suppress(h2.exceptions.StreamClosedError):
+                self.h2.reset_stream(s.id, code)
+            self.schedule_flush()
+        self._forget(s)
+
+    def _forget(self, s: H2DownstreamStream) -> None:
+        self.streams.pop(s.id, None)
+        s.closed = True
+        if s.unacked:
+            self.h2.acknowledge_received_data(s.unacked, s.id)  # give the connection window back
+            s.unacked = 0
+        if not self.streams and (self._goaway_id is not None or self._peer_goaway):
+            self._close()
+
+    def acknowledge(self, stream_id: int, size: int) -> None:
+        self.h2.acknowledge_received_data(size, stream_id)
+        self.schedule_flush()
+
+    # output ------------------------------------------------------------------------------------
+
+    def schedule_flush(self) -> None:
+        if not self._flush_pending and not self._closed:
+            self._flush_pending = True
+            self.loop.call_soon(self._deferred_flush)
+
+    def _deferred_flush(self) -> None:
+        self._flush_pending = False
+        self.flush()
+
+    def flush(self) -> None:
+        data = self.h2.data_to_send()
+        transport = self.transport
+        if data and transport is not None and not transport.is_closing():
+            transport.write(data)
+
+    # closing -----------------------------------------------------------------------------------
+
+    def _connection_error(self) -> None:
+        """h2 found a connection error and queued GOAWAY with its code: send it and close."""
+        self.runtime.counters.downstream_cx_protocol_error += 1
+        self._close()
+
+    def _calm(self) -> None:
+        """An abusive peer: GOAWAY ENHANCE_YOUR_CALM, then close."""
+        self.runtime.counters.downstream_cx_protocol_error += 1
+        self.flush()
+        if self.transport is not None and not self._closed:
+            self.transport.write(
+                h2_codec.goaway(self.h2.highest_inbound_stream_id, ENHANCE_YOUR_CALM)
+            )
+        self._close()
+        for s in list(self.streams.values()):
+            if s.active is not None and not s.active.done:
+                s.active.info.response_flags |= ResponseFlag.DPE
+        self._abort_streams()
+
+    def _abort_streams(self) -> None:
+        streams = list(self.streams.values())
+        self.streams.clear()
+        for s in streams:
+            s.closed = True
+            if s.active is not None and not s.active.done:
+                s.active.on_downstream_reset(None)
+
+    def _close(self) -> None:
+        if self._closed:
+            return
+        self.flush()
+        self._closed = True
+        if self.transport is not None:
+            self.transport.close()
+
+    # stream idle timeout -----------------------------------------------------------------------
+
+    def _arm_idle_timer(self) -> None:
+        if self._idle_timer is None and not self._closed:
+            timeout = self.config.stream_idle_timeout
+            if timeout > 0:
+                self._idle_timer = self.loop.call_later(min(timeout, 1.0), self._sweep_idle)
+
+    def _sweep_idle(self) -> None:
+        self._idle_timer = None
+        timeout = self.config.stream_idle_timeout
+        limit = self.loop.time() - timeout
+        for s in list(self.streams.values()):
+            if s.last_progress >= limit:
+                continue
+            active = s.active
+            waiting_on_client = s.out.queued > 0 or (not s.request_ended and active is not None
+                                                     and active.response_started)
+            if not waiting_on_client:
+                continue
+            if active is not None and not active.done:
+                active.info.response_flags |= ResponseFlag.SI
+                self.reset_stream(s, h2_codec.CANCEL)
+                active.on_downstream_reset(None)
+            else:
+                self.reset_stream(s, h2_codec.CANCEL)
+        self.schedule_flush()
+        if self.streams:
+            self._arm_idle_timer()

@@ -1,0 +1,51 @@
+"""Filling a request's StreamInfo the same way whichever codec received it.
+
+Theory of operation: the strings that describe the downstream connection (addresses, listener,
+direction) are formatted once per connection into a `ConnectionLabels`; each request's StreamInfo
+then gets them with four stores (`new_info`), and its request fields from the head
+(`describe_request`). The server-wide request counters move here too, so a request is counted
+once whichever connection manager saw it.
+"""
+
+from __future__ import annotations
+
+from sidecar.http.stream import RequestHead
+from sidecar.runtime import Downstream, Runtime, StreamInfo, format_address
+
+
+class ConnectionLabels:
+    """A downstream connection's addresses and listener, formatted once for its requests."""
+
+    __slots__ = ("direction", "listener", "local", "remote", "remote_ip")
+
+    def __init__(self, downstream: Downstream) -> None:
+        self.remote_ip = downstream.remote[0].encode("ascii")
+        self.remote = format_address(*downstream.remote)
+        self.local = format_address(*downstream.local)
+        self.direction = downstream.listener.direction.value
+        self.listener = downstream.listener.name
+
+    def new_info(self, runtime: Runtime) -> StreamInfo:
+        """A StreamInfo for a new request on this connection, counted as active."""
+        info = StreamInfo()
+        info.downstream_local_address = self.local
+        info.downstream_remote_address = info.downstream_direct_remote_address = self.remote
+        info.listener_name = self.listener
+        info.direction = self.direction
+        rc = runtime.counters
+        rc.downstream_rq_total += 1
+        rc.downstream_rq_active += 1
+        return info
+
+
+def describe_request(info: StreamInfo, head: RequestHead, protocol: str) -> None:
+    """The request's own fields of the access log."""
+    info.protocol = protocol
+    info.method = head.method.decode("latin-1")
+    info.path = head.path.decode("latin-1")
+    if head.authority:
+        info.authority = head.authority.decode("latin-1")
+    if head.user_agent is not None:
+        info.user_agent = head.user_agent.decode("latin-1")
+    if head.forwarded_for is not None:
+        info.forwarded_for = head.forwarded_for.decode("latin-1")
