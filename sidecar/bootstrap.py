@@ -74,6 +74,9 @@ class Bootstrap:
     termination_drain_duration: float = 5.0  # ProxyConfig.terminationDrainDuration
     watch_config: bool = True
     watch_interval: float = 1.0
+    # Protocol detection on auto ports waits this long for the client's first bytes before
+    # treating the connection as TCP (server-first protocols); 0 = wait for ever. Istio: 100ms.
+    protocol_detection_timeout: float = 0.1
     # Observability.
     log_level: str = "info"
     access_log: str = "/dev/stdout"  # path, or "" for off
@@ -195,6 +198,10 @@ def _check(boot: Bootstrap) -> None:
         raise BootstrapError(f"concurrency: {boot.concurrency}: must be at least 1")
     if not 0.0 <= boot.tracing.sampling <= 100.0:
         raise BootstrapError(f"tracing.sampling: {boot.tracing.sampling}: must be 0..100 percent")
+    if boot.protocol_detection_timeout < 0:
+        raise BootstrapError(
+            f"protocol_detection_timeout: {boot.protocol_detection_timeout}: must be >= 0"
+        )
     if boot.access_log_format not in ("text", "json"):
         raise BootstrapError(f"access_log_format: {boot.access_log_format!r}: text or json")
 

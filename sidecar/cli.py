@@ -39,6 +39,8 @@ _RUN_FLAGS: tuple[tuple[str, str, Any, str], ...] = (
     ("--concurrency", "concurrency", int, "worker processes (1)"),
     ("--drain-duration", "drain_duration", float, "seconds (45)"),
     ("--termination-drain-duration", "termination_drain_duration", float, "seconds (5)"),
+    ("--protocol-detection-timeout", "protocol_detection_timeout", float,
+     "seconds auto-detection waits for a client's first bytes, 0 = no limit (0.1)"),
     ("--access-log", "access_log", str, 'access log path; "" = off (/dev/stdout)'),
     ("--access-log-format", "access_log_format", str, "text | json (text)"),
     ("--log-level", "log_level", str, "debug | info | warning | error (info)"),

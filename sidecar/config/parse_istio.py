@@ -9,6 +9,7 @@ from __future__ import annotations
 from sidecar.bootstrap import OutboundPolicy
 from sidecar.config import names
 from sidecar.config.nodes import Fields, Node
+from sidecar.config.parse_tls import server_tls
 from sidecar.config.resources import (
     CaptureMode,
     EgressListener,
@@ -223,8 +224,9 @@ def _ingress(node: Node) -> IngressListener | None:
     bind = _bind(f)
     mode = _capture(f)
     default_endpoint = f.read("defaultEndpoint", _default_endpoint, "")
+    tls = f.read("tls", server_tls, None)
     f.finish()
-    return None if port is None else IngressListener(port, bind, mode, default_endpoint)
+    return None if port is None else IngressListener(port, bind, mode, default_endpoint, tls)
 
 
 def _sidecar_host(node: Node) -> str | None:

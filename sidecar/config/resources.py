@@ -312,6 +312,17 @@ class SidecarPort:
 
 
 @dataclass(frozen=True, slots=True)
+class ServerTls:
+    """Istio's ServerTLSSettings as the proxy terminates TLS with it (files, not secrets)."""
+
+    mode: str  # "SIMPLE" or "MUTUAL"
+    server_certificate: str
+    private_key: str
+    ca_certificates: str = ""  # MUTUAL: client certificates must chain to these
+    min_protocol_version: str = ""  # "TLSV1_2", "TLSV1_3"; "" = the library's default
+
+
+@dataclass(frozen=True, slots=True)
 class IngressListener:
     """Sidecar ingress[]: where the proxy takes traffic for the workload and where it sends it."""
 
@@ -319,6 +330,7 @@ class IngressListener:
     bind: str = ""
     capture_mode: CaptureMode = CaptureMode.DEFAULT
     default_endpoint: str = ""  # "127.0.0.1:8080", "0.0.0.0:8080" or "unix:///path"
+    tls: ServerTls | None = None  # terminate TLS on this port
 
 
 @dataclass(frozen=True, slots=True)

@@ -108,7 +108,7 @@ def translate(mesh: MeshConfig, boot: Bootstrap) -> Snapshot:
         listeners.append(outbound.virtual_outbound(boot, captured, policy, notes))
         for svc, port in captured:
             clusters[outbound.cluster_name(svc, port)] = outbound.outbound_cluster(svc, port)
-            if port.protocol.is_http:
+            if outbound.serves_http(port.protocol):
                 http_ports.add(port.port)
         for p in sorted(http_ports):
             routes[str(p)] = outbound.route_config(p, captured, scope, policy)
@@ -139,10 +139,17 @@ def translate(mesh: MeshConfig, boot: Bootstrap) -> Snapshot:
     )
     for ip in ports:
         clusters[ip.cluster] = inbound.inbound_cluster(ip, boot)
-        if ip.protocol.is_http:
+        if outbound.serves_http(ip.protocol):
             routes[ip.cluster] = inbound.inbound_route_config(ip)
         if ip.bind:
-            listeners.append(inbound.bound_listener(ip))
+            listeners.append(inbound.bound_listener(ip, boot.protocol_detection_timeout))
+        elif ip.tls is not None:
+            notes.warn(
+                sidecar,
+                "spec.ingress",
+                f"port {ip.port}: tls on a captured port is not implemented (TLS terminates on "
+                "a listener of its own: captureMode NONE with a bind); served without TLS",
+            )
     if scope.capture and boot.inbound_port:
         listeners.append(inbound.virtual_inbound(ports, boot))
 

@@ -5,9 +5,9 @@ of the Services (and ServiceEntries with a workloadSelector) that select it, or,
 resource lists `ingress` entries, exactly those. Each port gets a cluster `inbound|PORT||`:
 ORIGINAL_DST from source 127.0.0.6 (the connection goes on to pod-ip:PORT, as iptables found it),
 or STATIC to the entry's `defaultEndpoint`. The capture listener `virtualInbound` has one chain per
-port (HTTP through route config `inbound|PORT||`, else a TCP relay) and passes everything else to
-InboundPassthroughCluster. Ingress entries with a `bind` or captureMode NONE get their own
-listener on bind:port instead.
+port (HTTP through route config `inbound|PORT||`, else a TCP relay; an auto port both, chosen by
+protocol detection) and passes everything else to InboundPassthroughCluster. Ingress entries
+with a `bind` or captureMode NONE get their own listener on bind:port instead.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from sidecar.config.resources import (
     CaptureMode,
     IngressListener,
     MeshConfig,
+    ServerTls,
     Service,
     ServiceEntry,
     ServiceType,
@@ -43,9 +44,11 @@ from sidecar.config.snapshot import (
     RouteConfig,
     RouteMatch,
     TcpProxy,
+    TlsContext,
     VirtualHost,
     Workload,
 )
+from sidecar.config.translate_outbound import auto_chains
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +69,7 @@ class InboundPort:
     endpoint: Endpoint | None = None  # Sidecar defaultEndpoint: STATIC; None: ORIGINAL_DST
     captured: bool = True  # on virtualInbound
     bind: str = ""  # own listener on bind:port when set
+    tls: ServerTls | None = None  # terminate TLS (Sidecar ingress tls; bound listeners)
 
     @property
     def cluster(self) -> str:
@@ -142,7 +146,12 @@ def _from_entry(entry: IngressListener, boot: Bootstrap) -> InboundPort:
     bind = entry.bind
     if not bind and not captured:
         bind = boot.instance_ip or "0.0.0.0"
-    return InboundPort(p.number, port_protocol(p.protocol, p.name), endpoint, captured, bind)
+    proto = port_protocol(p.protocol, p.name)
+    if entry.tls is not None and proto is Protocol.TLS:
+        # Terminated here: HTTPS is HTTP inside (Istio's rule); other TLS is detected inside.
+        https = (p.protocol or p.name).lower().startswith("https")
+        proto = Protocol.HTTP if https else Protocol.UNSUPPORTED
+    return InboundPort(p.number, proto, endpoint, captured, bind, entry.tls)
 
 
 def inbound_cluster(ip: InboundPort, boot: Bootstrap) -> Cluster:
@@ -174,15 +183,19 @@ def inbound_filter(ip: InboundPort, stat_prefix: str) -> HttpConnectionManager |
     return TcpProxy(ip.cluster, ip.cluster)
 
 
+def inbound_chains(ip: InboundPort, name: str, port: int | None) -> tuple[FilterChain, ...]:
+    """The port's chain; an auto port's chains (detected HTTP, else TCP), as Istio builds them."""
+    stat_prefix = f"inbound_{name}"
+    filt = inbound_filter(ip, stat_prefix)
+    if ip.protocol is Protocol.UNSUPPORTED and isinstance(filt, TcpProxy):
+        hcm = HttpConnectionManager(ip.cluster, stat_prefix, Protocol.HTTP)
+        return auto_chains(name, port, (), hcm, filt)
+    return (FilterChain(name, FilterChainMatch(destination_port=port), filt),)
+
+
 def virtual_inbound(ports: list[InboundPort], boot: Bootstrap) -> Listener:
     chains = tuple(
-        FilterChain(
-            f"0.0.0.0_{ip.port}",
-            FilterChainMatch(destination_port=ip.port),
-            inbound_filter(ip, f"inbound_0.0.0.0_{ip.port}"),
-        )
-        for ip in ports
-        if ip.captured
+        c for ip in ports if ip.captured for c in inbound_chains(ip, f"0.0.0.0_{ip.port}", ip.port)
     )
     passthrough = TcpProxy(INBOUND_PASSTHROUGH_CLUSTER, INBOUND_PASSTHROUGH_CLUSTER)
     return Listener(
@@ -193,11 +206,33 @@ def virtual_inbound(ports: list[InboundPort], boot: Bootstrap) -> Listener:
         True,
         chains,
         FilterChain("InboundPassthroughFilterChain", FilterChainMatch(), passthrough),
+        detection_timeout=boot.protocol_detection_timeout,
     )
 
 
-def bound_listener(ip: InboundPort) -> Listener:
+def bound_listener(ip: InboundPort, detection_timeout: float = 0.1) -> Listener:
     """An ingress entry's own listener on bind:port (no iptables)."""
     name = f"{ip.bind}_{ip.port}"
-    chain = FilterChain(name, FilterChainMatch(), inbound_filter(ip, f"inbound_{name}"))
-    return Listener(name, ip.bind, ip.port, Direction.INBOUND, False, (chain,))
+    chains = inbound_chains(ip, name, None)
+    return Listener(
+        name,
+        ip.bind,
+        ip.port,
+        Direction.INBOUND,
+        False,
+        chains,
+        detection_timeout=detection_timeout,
+        tls=tls_context(ip.tls, ip.protocol) if ip.tls is not None else None,
+    )
+
+
+def tls_context(tls: ServerTls, protocol: Protocol) -> TlsContext:
+    """The listener's TLS from Istio's ServerTLSSettings; HTTP ports offer h2 and http/1.1."""
+    alpn = ("h2", "http/1.1") if protocol.is_http or protocol is Protocol.UNSUPPORTED else ()
+    return TlsContext(
+        tls.server_certificate,
+        tls.private_key,
+        tls.ca_certificates if tls.mode == "MUTUAL" else "",
+        alpn,
+        tls.min_protocol_version,
+    )

@@ -5,8 +5,10 @@ Theory of operation (Istio's sidecar outbound): every visible service port gets 
 destination: HTTP-ish ports share one chain per port (no address match) whose HTTP connection
 manager routes by Host through route config "PORT" (one virtual host per service on that port);
 TCP ports get a chain per service matching its VIP (or, headless, its endpoint IPs) that relays to
-its cluster. Unmatched traffic goes to PassthroughCluster (ALLOW_ANY) or BlackHoleCluster
-(REGISTRY_ONLY). Sidecar egress entries with a `bind` get their own explicit listener.
+its cluster. Auto ports (no protocol in the name) get both, on the VIP match, told apart at
+runtime by protocol detection. Unmatched traffic goes to PassthroughCluster (ALLOW_ANY) or
+BlackHoleCluster (REGISTRY_ONLY). Sidecar egress entries with a `bind` get their own explicit
+listener.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from sidecar.config.resources import EgressListener, Sidecar
 from sidecar.config.scope import Scope
 from sidecar.config.snapshot import (
     BLACKHOLE_CLUSTER,
+    HTTP_DETECTED,
     PASSTHROUGH_CLUSTER,
     VIRTUAL_OUTBOUND,
     Cluster,
@@ -92,7 +95,7 @@ def route_config(
             routes=(Route("default", RouteMatch(prefix="/"), cluster=cluster_name(svc, p)),),
         )
         for svc, p in pairs
-        if p.port == port and p.protocol.is_http
+        if p.port == port and serves_http(p.protocol)
     ]
     if policy is OutboundPolicy.ALLOW_ANY:
         vhosts.append(
@@ -101,6 +104,11 @@ def route_config(
             )
         )
     return RouteConfig(str(port), tuple(vhosts))
+
+
+def serves_http(protocol: Protocol) -> bool:
+    """Declared HTTP, or auto-detected (which may turn out to be HTTP): needs routes."""
+    return protocol.is_http or protocol is Protocol.UNSUPPORTED
 
 
 def _http_protocol(pairs: list[ServicePort], port: int) -> Protocol:
@@ -122,18 +130,44 @@ def _prefixes(svc: MeshService, port: MeshPort) -> tuple[IPNetwork, ...] | None:
     return tuple(sorted(set(nets), key=str))
 
 
+def auto_chains(
+    name: str,
+    port: int | None,
+    prefixes: tuple[IPNetwork, ...],
+    hcm: HttpConnectionManager,
+    tcp: TcpProxy,
+) -> tuple[FilterChain, ...]:
+    """An auto port's chains, as Istio builds them for plain text (permissive without mTLS).
+
+    Detected HTTP in clear -> the HCM; anything else in clear -> TCP; TLS -> TCP. All three share
+    (port, prefixes), so the protocol decides among them and nothing else does.
+    """
+    return (
+        FilterChain(
+            f"{name}_http", FilterChainMatch(port, prefixes, "raw_buffer", HTTP_DETECTED), hcm
+        ),
+        FilterChain(name, FilterChainMatch(port, prefixes, "raw_buffer"), tcp),
+        FilterChain(f"{name}_tls", FilterChainMatch(port, prefixes, "tls"), tcp),
+    )
+
+
 def outbound_chains(pairs: list[ServicePort], notes: Notes) -> list[FilterChain]:
-    """virtualOutbound's filter chains for the visible service ports."""
-    chains: dict[tuple[int, tuple[IPNetwork, ...]], FilterChain] = {}
+    """virtualOutbound's filter chains for the visible service ports.
+
+    An auto (UNSUPPORTED) port gets `auto_chains` on the same (port, prefixes): connections
+    detected as HTTP go to an HCM routing through the port's route config, the rest to the TCP
+    relay. The HTTP chain carries the TCP one's prefixes (VIPs) so that the longest-prefix step
+    cannot split them before the protocol is looked at.
+    """
+    chains: dict[tuple[int, tuple[IPNetwork, ...]], tuple[FilterChain, ...]] = {}
     for svc, p in pairs:
         if p.protocol.is_http:
             key: tuple[int, tuple[IPNetwork, ...]] = (p.port, ())
-            if key in chains and isinstance(chains[key].filter, HttpConnectionManager):
+            taken = chains.get(key)
+            if taken and isinstance(taken[0].filter, HttpConnectionManager):
                 continue
-            hcm = HttpConnectionManager(
-                str(p.port), f"outbound_0.0.0.0_{p.port}", _http_protocol(pairs, p.port)
-            )
-            chains[key] = FilterChain(f"0.0.0.0_{p.port}", FilterChainMatch(p.port), hcm)
+            hcm = _outbound_hcm(pairs, p.port)
+            chains[key] = (FilterChain(f"0.0.0.0_{p.port}", FilterChainMatch(p.port), hcm),)
             continue
         prefixes = _prefixes(svc, p)
         if prefixes is None:
@@ -145,14 +179,22 @@ def outbound_chains(pairs: list[ServicePort], notes: Notes) -> list[FilterChain]
                 None,
                 "",
                 f"{name}: port {p.port} already taken by "
-                f"{chains[key].name}; not reachable through capture",
+                f"{min(c.name for c in chains[key])}; not reachable through capture",
             )
             continue
-        label = ",".join(str(n) for n in prefixes) or "0.0.0.0"
-        chains[key] = FilterChain(
-            f"{label}_{p.port}", FilterChainMatch(p.port, prefixes), TcpProxy(name, name)
-        )
-    return [chains[k] for k in sorted(chains, key=lambda k: (k[0], [str(n) for n in k[1]]))]
+        label = f"{','.join(str(n) for n in prefixes) or '0.0.0.0'}_{p.port}"
+        tcp = TcpProxy(name, name)
+        if p.protocol is Protocol.UNSUPPORTED:
+            hcm = _outbound_hcm(pairs, p.port)
+            chains[key] = auto_chains(label, p.port, prefixes, hcm, tcp)
+        else:
+            chains[key] = (FilterChain(label, FilterChainMatch(p.port, prefixes), tcp),)
+    ordered = sorted(chains, key=lambda k: (k[0], [str(n) for n in k[1]]))
+    return [c for k in ordered for c in chains[k]]
+
+
+def _outbound_hcm(pairs: list[ServicePort], port: int) -> HttpConnectionManager:
+    return HttpConnectionManager(str(port), f"outbound_0.0.0.0_{port}", _http_protocol(pairs, port))
 
 
 def default_chain(policy: OutboundPolicy) -> FilterChain:
@@ -171,6 +213,7 @@ def virtual_outbound(
         use_original_dst=True,
         filter_chains=tuple(outbound_chains(pairs, notes)),
         default_filter_chain=default_chain(policy),
+        detection_timeout=boot.protocol_detection_timeout,
     )
 
 

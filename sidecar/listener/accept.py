@@ -4,8 +4,12 @@ Theory of operation: each bound listener socket has a `ListenerHandle`, which ho
 `Listener` and its compiled `ChainSelector`; a reload replaces both in place, so the socket stays
 bound and connections in flight keep the snapshot they were accepted with. `AcceptProtocol` lives
 only for the instant of `connection_made`: it reads the addresses (and SO_ORIGINAL_DST on capture
-listeners), picks the chain, builds the `Downstream` record, then swaps in the network filter's
-protocol (`HttpConnectionManagerProtocol` or `TcpProxyProtocol`) on the same transport.
+listeners), picks the chain group, builds the `Downstream` record, then swaps in the network
+filter's protocol on the same transport. A group whose chains differ by protocol first gets a
+`SniffProtocol` (listener/sniff.py) that peeks at the client's first bytes, with the listener's
+detection timeout (server-first protocols fall back to the TCP chain); an HTTP chain waits for the
+first bytes with no timeout, to choose its codec (HTTP/1.1 or h2c); a TCP chain on a declared port
+gets `TcpProxyProtocol` at once. Sniffed bytes are never lost: the next protocol receives them.
 """
 
 from __future__ import annotations
@@ -13,12 +17,15 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+from dataclasses import replace
 from typing import cast
 
 from sidecar.config.snapshot import HttpConnectionManager, Listener, Snapshot
-from sidecar.http.connection_manager import HttpConnectionManagerProtocol
+from sidecar.http.codec_select import http_protocol
 from sidecar.listener.filter_chain import ChainSelector
 from sidecar.listener.original_dst import original_dst
+from sidecar.listener.sniff import Detection, SniffProtocol, classify, codec_ready
+from sidecar.listener.tls import negotiated_alpn
 from sidecar.runtime import Address, Downstream, Runtime
 from sidecar.tcp.tcp_proxy import TcpProxyProtocol
 
@@ -86,31 +93,84 @@ class AcceptProtocol(asyncio.Protocol):
                 transport.close()
                 return
             local = orig
-        chain = handle.selector.select(local[0], local[1])
-        if chain is None:
+        group = handle.selector.group(local[0], local[1])
+        if group is None:
             log.debug("%s: no filter chain for %s; closing", listener.name, local)
             transport.close()
             return
-        downstream = Downstream(
+        base_ds = Downstream(
             remote=remote,
             local=local,
             direct_local=direct_local,
             listener=listener,
-            chain=chain,
+            chain=group.chains[0],
             snapshot=handle.snapshot,
             original_dst=orig,
         )
-        filt = chain.filter
-        proto: asyncio.Protocol
-        if isinstance(filt, HttpConnectionManager):
-            proto = HttpConnectionManagerProtocol(self._runtime, downstream, filt)
-        else:
-            proto = TcpProxyProtocol(self._runtime, downstream, filt)
+        runtime = self._runtime
+        if group.needs_detection:
+            # Listener filters: hold the connection until its first bytes (or the detection
+            # timeout: server-first protocols) say which chain of the group takes it.
+            def detected(t: asyncio.Transport, found: Detection, first: bytes, eof: bool) -> None:
+                chain = group.pick(found)
+                if chain is None:
+                    t.close()
+                    return
+                ds = replace(
+                    base_ds,
+                    chain=chain,
+                    server_name=found.server_name,
+                    alpn=found.alpn,
+                    detected=found.kind,
+                )
+                _hand_off(runtime, t, ds, first, eof)
+
+            sniff = SniffProtocol(runtime, classify, detected, listener.detection_timeout or None)
+            transport.set_protocol(sniff)
+            sniff.connection_made(transport)
+            return
+        chain = group.only
+        assert chain is not None  # a group without detection has a fixed chain
+        downstream = replace(base_ds, chain=chain) if chain is not base_ds.chain else base_ds
+        if isinstance(chain.filter, HttpConnectionManager):
+            alpn = negotiated_alpn(transport)
+            if alpn is not None:  # TLS terminated here: ALPN chose the codec
+                _hand_off(runtime, transport, replace(downstream, alpn=(alpn,)), b"", False)
+                return
+            # The codec (HTTP/1.1 or h2c) is chosen by the first bytes: wait for the client,
+            # with no timeout, as Envoy's connection manager does.
+            def ready(t: asyncio.Transport, _: Detection, first: bytes, eof: bool) -> None:
+                _hand_off(runtime, t, downstream, first, eof)
+
+            sniff = SniffProtocol(runtime, codec_ready, ready, None)
+            transport.set_protocol(sniff)
+            sniff.connection_made(transport)
+            return
+        proto = TcpProxyProtocol(runtime, downstream, chain.filter)
         transport.set_protocol(proto)
         proto.connection_made(transport)
 
     def data_received(self, data: bytes) -> None:  # pragma: no cover - replaced at once
         raise AssertionError("AcceptProtocol received data after hand-off")
+
+
+def _hand_off(
+    runtime: Runtime, transport: asyncio.Transport, downstream: Downstream, first: bytes, eof: bool
+) -> None:
+    """Install the chain's network filter and give it the bytes sniffing read (and the EOF)."""
+    filt = downstream.chain.filter
+    proto: asyncio.Protocol
+    if isinstance(filt, HttpConnectionManager):
+        alpn = downstream.alpn[0] if downstream.alpn and not downstream.detected else None
+        proto = http_protocol(runtime, downstream, filt, first, alpn)
+    else:
+        proto = TcpProxyProtocol(runtime, downstream, filt)
+    transport.set_protocol(proto)
+    proto.connection_made(transport)
+    if first and not transport.is_closing():
+        proto.data_received(first)
+    if eof and not transport.is_closing() and not proto.eof_received():
+        transport.close()
 
 
 def acceptor(runtime: Runtime, handle: ListenerHandle) -> Callable[[], AcceptProtocol]:

@@ -392,3 +392,53 @@ def test_capture_listeners_absent_when_ports_are_zero() -> None:
     s = snap(SERVICES, replace(BOOT, outbound_port=0, inbound_port=0))
     assert s.listeners == ()
     assert "outbound|80||a.shop.svc.cluster.local" not in s.clusters
+
+
+AUTO_PORTS = """\
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: shop}
+spec:
+  clusterIP: 10.96.2.1
+  selector: {app: web}
+  ports: [{name: api, port: 8000, targetPort: 8080}, {name: tcp-db, port: 5432}]
+"""
+
+
+def test_auto_ports_get_http_and_tcp_chains_told_apart_by_detection() -> None:
+    s = snap(WEB_POD + AUTO_PORTS, replace(BOOT, protocol_detection_timeout=0.25))
+    out = listener(s, "virtualOutbound")
+    assert out.detection_timeout == 0.25
+    cluster = "outbound|8000||web.shop.svc.cluster.local"
+    assert s.clusters[cluster].protocol is Protocol.UNSUPPORTED  # upstream: as downstream
+    auto = [c for c in out.filter_chains if c.match.destination_port == 8000]
+    vip = (ipaddress.ip_network("10.96.2.1/32"),)
+    assert [(c.match.prefix_ranges, c.match.transport_protocol) for c in auto] == [
+        (vip, "raw_buffer"),
+        (vip, "raw_buffer"),
+        (vip, "tls"),
+    ]
+    http, tcp, tls = auto
+    assert http.match.application_protocols == ("http/1.0", "http/1.1", "h2c")
+    assert http.filter == HttpConnectionManager("8000", "outbound_0.0.0.0_8000", Protocol.HTTP)
+    assert tcp.filter == tls.filter == TcpProxy(cluster, cluster)
+    assert not tcp.match.application_protocols
+    # The port's route config exists and routes the auto service by its names.
+    rc = s.route_configs["8000"]
+    assert rc.virtual_hosts[0].routes[0].cluster == cluster
+    assert "web.shop.svc.cluster.local:8000" in rc.virtual_hosts[0].domains
+    # A declared TCP port is one chain: no detection.
+    (db,) = [c for c in out.filter_chains if c.match.destination_port == 5432]
+    assert (db.match.transport_protocol, db.match.application_protocols) == ("", ())
+    # Inbound: the same three chains on the target port, HTTP through the inbound route config.
+    inbound = listener(s, "virtualInbound")
+    assert inbound.detection_timeout == 0.25
+    chains = [c for c in inbound.filter_chains if c.match.destination_port == 8080]
+    assert [c.filter for c in chains] == [
+        HttpConnectionManager("inbound|8080||", "inbound_0.0.0.0_8080", Protocol.HTTP),
+        TcpProxy("inbound|8080||", "inbound|8080||"),
+        TcpProxy("inbound|8080||", "inbound|8080||"),
+    ]
+    assert "inbound|8080||" in s.route_configs
+    assert chain(inbound, 5432).filter == TcpProxy("inbound|5432||", "inbound|5432||")
