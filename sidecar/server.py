@@ -33,6 +33,7 @@ from sidecar.config.snapshot import Direction, Listener, Snapshot
 from sidecar.config.translate import translate
 from sidecar.errors import ConfigError, SidecarError
 from sidecar.listener.accept import ListenerHandle, acceptor
+from sidecar.listener.tls import server_context
 from sidecar.observability.access_log import make_access_logger
 from sidecar.runtime import Runtime
 from sidecar.upstream.cluster import ClusterManager
@@ -193,6 +194,7 @@ class ProxyServer:
             port=listener.port,
             reuse_address=True,
             backlog=1024,
+            ssl=server_context(listener.tls) if listener.tls is not None else None,
         )
 
     def _adopt(self, snapshot: Snapshot) -> None:
@@ -213,8 +215,13 @@ class ProxyServer:
         for key, listener in wanted.items():
             existing = self._handles.get(key)
             if existing is not None:
-                existing.update(listener, snapshot)
-                continue
+                if existing.listener.tls == listener.tls:
+                    existing.update(listener, snapshot)
+                    continue
+                # New certificates: a new socket server (connections in flight keep theirs).
+                if existing.server is not None:
+                    existing.server.close()
+                del self._handles[key]
             handle = ListenerHandle(listener, snapshot)
             try:
                 await self._bind(handle)

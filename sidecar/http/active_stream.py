@@ -137,16 +137,17 @@ class ActiveStream:
         if state is None:
             self.fail(ResponseFlag.NC)
             return
+        cluster = state.cluster
+        if cluster.max_requests and state.in_flight >= cluster.max_requests:
+            state.counters.upstream_rq_pending_overflow += 1
+            self.fail(ResponseFlag.UO)  # the circuit breaker (http2MaxRequests) is open
+            return
         self.state = state
+        state.in_flight += 1
         ds = conn.downstream
         endpoint = state.choose(ds.original_dst or ds.local)
         if endpoint is None:
             self.fail(ResponseFlag.UH)
-            return
-        cluster = state.cluster
-        if cluster.max_requests and state.counters.upstream_rq_active >= cluster.max_requests:
-            state.counters.upstream_rq_pending_overflow += 1
-            self.fail(ResponseFlag.UO)  # the circuit breaker (http2MaxRequests) is open
             return
         pool = http_pool(state, endpoint, head.upgrade is None and upstream_http2(cluster, head))
         self.pool = pool
@@ -410,6 +411,8 @@ class ActiveStream:
         elif code >= 500:
             rc.downstream_rq_5xx += 1
         state = self.state
+        if state is not None:
+            state.in_flight -= 1
         if state is not None and self.attached:
             c = state.counters
             if not self.upgrading:

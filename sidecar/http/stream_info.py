@@ -16,7 +16,7 @@ from sidecar.runtime import Downstream, Runtime, StreamInfo, format_address
 class ConnectionLabels:
     """A downstream connection's addresses and listener, formatted once for its requests."""
 
-    __slots__ = ("direction", "listener", "local", "remote", "remote_ip")
+    __slots__ = ("direction", "listener", "local", "remote", "remote_ip", "server_name")
 
     def __init__(self, downstream: Downstream) -> None:
         self.remote_ip = downstream.remote[0].encode("ascii")
@@ -24,6 +24,7 @@ class ConnectionLabels:
         self.local = format_address(*downstream.local)
         self.direction = downstream.listener.direction.value
         self.listener = downstream.listener.name
+        self.server_name = downstream.server_name or "-"  # SNI, when TLS was seen
 
     def new_info(self, runtime: Runtime) -> StreamInfo:
         """A StreamInfo for a new request on this connection, counted as active."""
@@ -32,6 +33,7 @@ class ConnectionLabels:
         info.downstream_remote_address = info.downstream_direct_remote_address = self.remote
         info.listener_name = self.listener
         info.direction = self.direction
+        info.requested_server_name = self.server_name
         rc = runtime.counters
         rc.downstream_rq_total += 1
         rc.downstream_rq_active += 1

@@ -95,7 +95,7 @@ class Relay:
     def b_to_a(self) -> int:
         return self.b.received
 
-    def start(self, a_pending: bytes, b_pending: bytes) -> None:
+    def start(self, a_pending: bytes, b_pending: bytes, a_eof: bool = False) -> None:
         for end in (self.a, self.b):
             end.transport.set_write_buffer_limits(high=HIGH_WATER, low=LOW_WATER)
             end.transport.set_protocol(end)
@@ -103,6 +103,8 @@ class Relay:
             self.a.data_received(a_pending)
         if b_pending:
             self.b.data_received(b_pending)
+        if a_eof:
+            self.a.eof_received()  # `a` half-closed before the relay began
         for end in (self.a, self.b):
             if not end.transport.is_closing():
                 end.transport.resume_reading()
@@ -151,11 +153,12 @@ def splice(
     a_pending: bytes = b"",
     b_pending: bytes = b"",
     idle_timeout: float = 3600.0,
+    a_eof: bool = False,
 ) -> Relay:
     """Relay bytes between `a` and `b` until both finish; `*_pending` were already read from each.
 
     Both transports may be paused on entry; the relay resumes them.
     """
     relay = Relay(a, b, on_close, idle_timeout)
-    relay.start(a_pending, b_pending)
+    relay.start(a_pending, b_pending, a_eof)
     return relay

@@ -45,6 +45,7 @@ class TcpProxyProtocol(asyncio.Protocol):
     __slots__ = (
         "_config",
         "_downstream",
+        "_eof",
         "_info",
         "_pending",
         "_relay",
@@ -60,6 +61,7 @@ class TcpProxyProtocol(asyncio.Protocol):
         self._config = config
         self._transport: asyncio.Transport | None = None
         self._pending = bytearray()
+        self._eof = False
         self._relay: Relay | None = None
         self._task: asyncio.Task[None] | None = None
         self._state: ClusterState | None = None
@@ -70,6 +72,8 @@ class TcpProxyProtocol(asyncio.Protocol):
         info.listener_name = downstream.listener.name
         info.direction = downstream.listener.direction.value
         info.upstream_cluster = config.cluster
+        if downstream.server_name:
+            info.requested_server_name = downstream.server_name
         self._info = info
 
     # -- downstream, before the splice -------------------------------------------------------
@@ -98,7 +102,8 @@ class TcpProxyProtocol(asyncio.Protocol):
             self._transport.pause_reading()
 
     def eof_received(self) -> bool:
-        return True  # half-close before the splice: keep going; the relay forwards the EOF
+        self._eof = True  # half-close before the splice: keep going; the relay forwards it
+        return True
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._relay is None and not self._info.end_mono:
@@ -139,6 +144,7 @@ class TcpProxyProtocol(asyncio.Protocol):
             a_pending=bytes(self._pending),
             b_pending=bytes(proto.early),
             idle_timeout=self._config.idle_timeout,
+            a_eof=self._eof,
         )
         self._pending.clear()
 

@@ -56,7 +56,16 @@ class ClusterCounters:
 class ClusterState:
     """A cluster's run-time state: endpoints as currently known, balancer, pools, counters."""
 
-    __slots__ = ("_dns_task", "_original_dst", "cluster", "counters", "endpoints", "lb", "pools")
+    __slots__ = (
+        "_dns_task",
+        "_original_dst",
+        "cluster",
+        "counters",
+        "endpoints",
+        "in_flight",
+        "lb",
+        "pools",
+    )
 
     def __init__(self, cluster: Cluster) -> None:
         self.cluster = cluster
@@ -65,6 +74,7 @@ class ClusterState:
         self.lb = RoundRobin(self.endpoints)
         self.pools: dict[Hashable, Pool] = {}
         self.counters = ClusterCounters()
+        self.in_flight = 0  # requests routed here and not finished (the max_requests breaker)
         self._dns_task: asyncio.Task[None] | None = None
 
     def choose(self, original_dst: tuple[str, int] | None) -> Endpoint | None:

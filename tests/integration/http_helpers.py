@@ -139,9 +139,8 @@ def cluster(name: str, port: int, **kw: object) -> Cluster:
     return Cluster(
         name=name,
         discovery=DiscoveryType.STATIC,
-        protocol=Protocol.HTTP,
         endpoints=(Endpoint(address="127.0.0.1", port=port),),
-        **kw,  # type: ignore[arg-type]
+        **{"protocol": Protocol.HTTP, **kw},  # type: ignore[arg-type]
     )
 
 
