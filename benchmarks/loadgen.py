@@ -1,11 +1,16 @@
-"""Load generators: wrk for throughput, hey for latency at a fixed request rate.
+"""Load generators: wrk for throughput, hey for latency at a fixed request rate, h2load for
+HTTP/2 (h2c) and gRPC throughput.
 
 Theory of operation: each tool runs as a subprocess with a hard timeout (duration plus a
 margin), its text output is kept verbatim in the results, and the numbers are parsed from it.
 wrk (closed loop, N connections as fast as they go) gives requests/s and its --latency
 percentiles; hey (`-q` per-worker rate limit times `-c` workers) holds a fixed offered rate, so
 the latency it sees is the added cost of the path rather than queueing behind saturation.
-hey prints latencies in seconds with four decimals: 0.1 ms resolution.
+hey prints latencies in seconds with four decimals: 0.1 ms resolution. h2load (closed loop,
+N connections each keeping M streams in flight) gives requests/s over the measured part of the
+run and the mean and max time per request; it has no percentiles. (h2.py warms up with a
+separate run rather than --warm-up-time, so the CPU read around the measured run matches the
+requests it reports.)
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import shutil
 import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 _UNITS_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60000.0}
 MARGIN = 30.0
@@ -121,3 +127,44 @@ def run_hey(url: str, duration: float, rate: float, workers: int,
     if not result.error and result.requests == 0:
         result.error = "hey completed no request"
     return result
+
+
+def run_h2load(url: str, duration: float, clients: int, streams: int, count: int = 0,
+               data: Path | None = None, headers: Sequence[str] = (),
+               prefix: Sequence[str] = ()) -> LoadResult:
+    """h2load over h2c (prior knowledge): `clients` connections with `streams` concurrent
+    streams each, for `duration` seconds (or `count` requests when given); POSTs the file
+    `data` when given, with the extra `headers`."""
+    command = [*prefix, "h2load", "-c", str(clients), "-m", str(streams)]
+    command += ["-n", str(count)] if count else ["-D", f"{max(1, round(duration))}"]
+    if data is not None:
+        command += ["-d", str(data)]
+    for header in headers:
+        command += ["-H", header]
+    result = LoadResult("h2load", [*command, url])
+    out = _run(result, duration + MARGIN)
+    _parse_h2load(result, out)
+    return result
+
+
+def _parse_h2load(result: LoadResult, out: str) -> None:
+    finished = re.search(r"finished in ([\d.]+)(us|ms|s|m), ([\d.]+) req/s", out)
+    if finished:
+        result.seconds = _ms(finished.group(1), finished.group(2)) / 1000.0
+        result.rps = float(finished.group(3))
+    counts = re.search(r"requests: \d+ total, \d+ started, \d+ done, (\d+) succeeded, "
+                       r"(\d+) failed, (\d+) errored, (\d+) timeout", out)
+    if counts:
+        succeeded, *failures = (int(n) for n in counts.groups())
+        result.requests = succeeded
+        result.errors = sum(failures)
+    codes = re.search(r"status codes: \d+ 2xx, (\d+) 3xx, (\d+) 4xx, (\d+) 5xx", out)
+    if codes:
+        result.non_2xx = sum(int(n) for n in codes.groups())
+    timing = re.search(r"time for request:\s+([\d.]+)(us|ms|s)\s+([\d.]+)(us|ms|s)\s+"
+                       r"([\d.]+)(us|ms|s)", out)
+    if timing and result.requests:
+        result.latency_ms["max"] = _ms(timing.group(3), timing.group(4))
+        result.latency_ms["mean"] = _ms(timing.group(5), timing.group(6))
+    if not result.error and result.requests == 0:
+        result.error = "h2load completed no request"

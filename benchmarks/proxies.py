@@ -6,6 +6,11 @@ temp dir. Starting returns a `RunningPath`: the HTTP and TCP ports a client conn
 pid whose process tree is the proxy (for CPU and peak RSS). Each proxy serves both the HTTP and
 the L4 scenario from the same process; scenarios run one after another, never two at once.
 "direct" has no proxy: the client talks to the upstreams themselves (the limit).
+
+The h2 and grpc scenarios use a second process per path, started by `start_h2` after the
+HTTP/1.1 one is stopped (configs/*-h2.*): two h2c listeners, one to the h2c upstream, one to the
+gRPC upstream. Keeping it separate leaves the HTTP/1.1 configs as they were and lets one
+protocol fail to start without taking the other's numbers with it.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from procs import HarnessError, ProcessSet, free_port, wait_for_port
+from procs import HarnessError, ProcessSet, Started, free_port, wait_for_port
 from render import render
 from upstream import Upstreams, nginx_binary, stream_module
 
@@ -36,6 +41,8 @@ class RunningPath:
     tcp_port: int | None
     pid: int | None
     note: str = ""
+    h2_port: int | None = None
+    grpc_port: int | None = None
 
 
 class PathSpec:
@@ -51,6 +58,10 @@ class PathSpec:
     def start(self, procs: ProcessSet, tmp: Path, up: Upstreams) -> RunningPath:
         raise NotImplementedError
 
+    def start_h2(self, procs: ProcessSet, tmp: Path, up: Upstreams) -> RunningPath:
+        """Start the h2c proxy (h2 and grpc listeners); `up` has its h2 and gRPC ports."""
+        raise NotImplementedError
+
 
 class Direct(PathSpec):
     """No proxy: the load generator talks to the upstream and the sink directly."""
@@ -60,6 +71,10 @@ class Direct(PathSpec):
 
     def start(self, procs: ProcessSet, tmp: Path, up: Upstreams) -> RunningPath:
         return RunningPath(self.name, up.http_port, up.sink_port, None)
+
+    def start_h2(self, procs: ProcessSet, tmp: Path, up: Upstreams) -> RunningPath:
+        return RunningPath(self.name, None, None, None, h2_port=up.h2_port,
+                           grpc_port=up.grpc_port)
 
 
 class Nginx(PathSpec):
@@ -94,6 +109,19 @@ class Nginx(PathSpec):
         return RunningPath(self.name, http_port, tcp_port if module else None,
                            started.pid, note)
 
+    def start_h2(self, procs: ProcessSet, tmp: Path, up: Upstreams) -> RunningPath:
+        nginx = nginx_binary()
+        assert nginx is not None
+        h2_port, grpc_port = free_port(), free_port()
+        conf = render("nginx-h2-proxy.conf", {"TMP": tmp, **_h2_ports(h2_port, grpc_port, up)},
+                      tmp / "proxy-h2-nginx.conf")
+        started = procs.start("proxy-h2-nginx", [nginx, "-p", str(tmp), "-c", str(conf)],
+                               role="proxy")
+        _wait_ports(started, h2_port, grpc_port)
+        return RunningPath(self.name, None, None, started.pid, "h2 and grpc both through "
+                           "grpc_pass (nginx's HTTP/2 upstream: one request per upstream "
+                           "connection at a time), keepalive 256", h2_port, grpc_port)
+
 
 class Haproxy(PathSpec):
     """HAProxy, one thread: mode http with http-reuse always, mode tcp for L4."""
@@ -117,6 +145,17 @@ class Haproxy(PathSpec):
         wait_for_port(tcp_port, started.proc, STARTUP_TIMEOUT, started.log)
         return RunningPath(self.name, http_port, tcp_port, started.pid)
 
+    def start_h2(self, procs: ProcessSet, tmp: Path, up: Upstreams) -> RunningPath:
+        haproxy = shutil.which("haproxy")
+        assert haproxy is not None
+        h2_port, grpc_port = free_port(), free_port()
+        conf = render("haproxy-h2.cfg", _h2_ports(h2_port, grpc_port, up), tmp / "haproxy-h2.cfg")
+        started = procs.start("proxy-h2-haproxy", [haproxy, "-db", "-f", str(conf)],
+                               role="proxy")
+        _wait_ports(started, h2_port, grpc_port)
+        return RunningPath(self.name, None, None, started.pid, h2_port=h2_port,
+                           grpc_port=grpc_port)
+
 
 class Sidecar(PathSpec):
     """This project's proxy, `sidecar run` with captureMode NONE ingress listeners."""
@@ -129,21 +168,47 @@ class Sidecar(PathSpec):
 
     def start(self, procs: ProcessSet, tmp: Path, up: Upstreams) -> RunningPath:
         http_port, tcp_port = free_port(), free_port()
-        admin, status, prom = free_port(), free_port(), free_port()
         conf = render("sidecar.yaml", {
             "HTTP_PORT": http_port, "TCP_PORT": tcp_port, "UPSTREAM_PORT": up.http_port,
             "SINK_PORT": up.sink_port}, tmp / "sidecar.yaml")
+        started = self._run(procs, conf, "proxy-sidecar", http_port, tcp_port)
+        return RunningPath(self.name, http_port, tcp_port, started.pid)
+
+    def start_h2(self, procs: ProcessSet, tmp: Path, up: Upstreams) -> RunningPath:
+        h2_port, grpc_port = free_port(), free_port()
+        conf = render("sidecar-h2.yaml", _h2_ports(h2_port, grpc_port, up),
+                      tmp / "sidecar-h2.yaml")
+        started = self._run(procs, conf, "proxy-h2-sidecar", h2_port, grpc_port)
+        return RunningPath(self.name, None, None, started.pid, h2_port=h2_port,
+                           grpc_port=grpc_port)
+
+    @staticmethod
+    def _run(procs: ProcessSet, conf: Path, name: str, *ports: int) -> Started:
+        """`sidecar run` with `conf`; returns once `ports` accept and /ready answers."""
+        admin, status, prom = free_port(), free_port(), free_port()
         argv = [str(SIDECAR_BIN), "run", "--config", str(conf), "--pod-name", "bench-1",
                 "--pod-namespace", "default", "--admin-port", str(admin),
                 "--status-port", str(status), "--prometheus-port", str(prom),
                 "--access-log", "",
                 # No iptables here: the capture listeners are off (0), not on fixed ports.
                 "--outbound-port", "0", "--inbound-port", "0", "--no-watch"]
-        started = procs.start("proxy-sidecar", argv, cwd=ROOT, role="proxy")
-        wait_for_port(http_port, started.proc, STARTUP_TIMEOUT, started.log)
-        wait_for_port(tcp_port, started.proc, STARTUP_TIMEOUT, started.log)
+        started = procs.start(name, argv, cwd=ROOT, role="proxy")
+        _wait_ports(started, *ports)
         _wait_ready(admin, STARTUP_TIMEOUT)
-        return RunningPath(self.name, http_port, tcp_port, started.pid)
+        return started
+
+
+def _h2_ports(h2_port: int, grpc_port: int, up: Upstreams) -> dict[str, str | int | Path]:
+    """The placeholders every *-h2 template has: its listeners and the h2c upstreams."""
+    if up.h2_port is None or up.grpc_port is None:
+        raise HarnessError("no h2c upstream (it needs nginx)")
+    return {"H2_PORT": h2_port, "GRPC_PORT": grpc_port, "H2_UPSTREAM_PORT": up.h2_port,
+            "GRPC_UPSTREAM_PORT": up.grpc_port}
+
+
+def _wait_ports(started: Started, *ports: int) -> None:
+    for port in ports:
+        wait_for_port(port, started.proc, STARTUP_TIMEOUT, started.log)
 
 
 def _wait_ready(admin_port: int, timeout: float) -> None:

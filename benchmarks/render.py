@@ -10,7 +10,7 @@ import re
 from pathlib import Path
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
-_PLACEHOLDER = re.compile(r"\{\{([A-Z_]+)\}\}")
+_PLACEHOLDER = re.compile(r"\{\{([A-Z][A-Z0-9_]*)\}\}")
 
 
 def render(template: str, values: dict[str, str | int | Path], dest: Path) -> Path:

@@ -5,6 +5,10 @@ results included). `table()` derives the compared columns: ratios of requests/s 
 bytes/s to the direct path and to nginx, and the p99 latency at the fixed rate minus direct's.
 A cell whose measurement is missing is "-"; a number taken from a run that saw errors or non-2xx
 responses is marked "!" and explained under the table.
+
+The h2 and grpc scenarios (h2load) have their own table, `h2_table()`: req/s, its ratios, mean
+time per request and CPU us/req per protocol. A protocol whose check or load failed on a path
+(e.g. a proxy that does not speak HTTP/2 yet) shows "failed" there, the reason in the notes.
 """
 
 from __future__ import annotations
@@ -18,6 +22,20 @@ from loadgen import LoadResult
 
 MIB = 1 << 20
 GIB = 1 << 30
+
+
+@dataclass
+class H2Measure:
+    """One h2load scenario (h2 or grpc) on one path; `failed` says why it has no numbers."""
+
+    load: LoadResult | None = None
+    cpu_us_per_request: float | None = None
+    failed: str = ""
+
+    @property
+    def rps(self) -> float | None:
+        """Requests/s of a clean-enough run (one that completed requests), else None."""
+        return self.load.rps if self.load and not self.load.error else None
 
 
 @dataclass
@@ -35,6 +53,9 @@ class PathResult:
     l4_cpu_seconds_per_gib: float | None = None
     peak_rss_kib: int | None = None
     profiles: list[str] = field(default_factory=list)
+    h2: H2Measure = field(default_factory=H2Measure)
+    grpc: H2Measure = field(default_factory=H2Measure)
+    h2_notes: list[str] = field(default_factory=list)  # under the h2 table
 
 
 def _median_index(values: list[float | None]) -> int | None:
@@ -49,6 +70,7 @@ def median_of_rounds(rounds: list[PathResult]) -> PathResult:
     merged = PathResult(first.name, first.description, first.skipped)
     for r in rounds:
         merged.notes.extend(n for n in r.notes if n not in merged.notes)
+        merged.h2_notes.extend(n for n in r.h2_notes if n not in merged.h2_notes)
         merged.profiles.extend(r.profiles)
     http = _median_index([_rps(r) for r in rounds])
     if http is not None:
@@ -60,11 +82,19 @@ def median_of_rounds(rounds: list[PathResult]) -> PathResult:
     if bulk is not None:
         merged.l4 = rounds[bulk].l4
         merged.l4_cpu_seconds_per_gib = rounds[bulk].l4_cpu_seconds_per_gib
+    for scenario in ("h2", "grpc"):
+        measures: list[H2Measure] = [getattr(r, scenario) for r in rounds]
+        chosen = _median_index([m.rps for m in measures])
+        setattr(merged, scenario, measures[0 if chosen is None else chosen])
     peaks = [r.peak_rss_kib for r in rounds if r.peak_rss_kib]
     merged.peak_rss_kib = max(peaks) if peaks else None
     if len(rounds) > 1 and not merged.skipped:
-        rates = ", ".join(_fmt(_rps(r), 0) for r in rounds)
-        merged.notes.append(f"{len(rounds)} rounds, median shown; req/s per round: {rates}")
+        for notes, label, rate in ((merged.notes, "req/s", _rps),
+                                   (merged.h2_notes, "h2 req/s", _h2_rps),
+                                   (merged.h2_notes, "gRPC req/s", _grpc_rps)):
+            if any(rate(r) is not None for r in rounds):
+                rates = ", ".join(_fmt(rate(r), 0) for r in rounds)
+                notes.append(f"{len(rounds)} rounds, median shown; {label} per round: {rates}")
     return merged
 
 
@@ -82,6 +112,14 @@ def _ratio(value: float | None, base: float | None) -> float | None:
 
 def _rps(result: PathResult) -> float | None:
     return result.wrk.rps if result.wrk and not result.wrk.error else None
+
+
+def _h2_rps(result: PathResult) -> float | None:
+    return result.h2.rps
+
+
+def _grpc_rps(result: PathResult) -> float | None:
+    return result.grpc.rps
 
 
 def _dirty(load: LoadResult | None) -> bool:
@@ -143,12 +181,69 @@ def table(results: list[PathResult]) -> str:
     return "\n".join(lines)
 
 
-def write(out_dir: Path, stamp: str, header: str, results: list[PathResult],
+H2_COLUMNS = ("path", "h2 req/s", "h2 x direct", "h2 x nginx", "h2 mean ms", "h2 CPU us/req",
+              "gRPC req/s", "gRPC x direct", "gRPC x nginx", "gRPC mean ms", "gRPC CPU us/req")
+
+
+def _h2_cells(r: PathResult, scenario: str, direct: float | None,
+              nginx: float | None) -> tuple[list[str], list[str]]:
+    """The five cells of one h2load scenario for one path, and its notes."""
+    label = "h2" if scenario == "h2" else "gRPC"
+    m: H2Measure = getattr(r, scenario)
+    load, notes = m.load, []
+    if m.failed or (load is not None and load.error):
+        notes.append(f"{r.name}: {label} failed: {m.failed or (load.error if load else '')}")
+        return ["failed", "-", "-", "-", "-"], notes
+    if _dirty(load) and load is not None:
+        notes.append(f"{r.name}: {label}: h2load: {load.errors} failed/errored/timed-out "
+                     f"requests, {load.non_2xx} non-2xx responses (marked !)")
+    rps = m.rps
+    return [_fmt(rps, 0, _dirty(load)), _fmt(_ratio(rps, direct), 2),
+            _fmt(_ratio(rps, nginx), 2), _fmt(_latency(load, "mean"), 2),
+            _fmt(m.cpu_us_per_request, 1)], notes
+
+
+def h2_table(results: list[PathResult]) -> str:
+    """The HTTP/2 and gRPC table (h2load), one row per path, with notes below it."""
+    by_name = {r.name: r for r in results}
+    direct, nginx = by_name.get("direct"), by_name.get("nginx")
+    lines = ["| " + " | ".join(H2_COLUMNS) + " |", "|" + "---|" * len(H2_COLUMNS)]
+    notes: list[str] = []
+    for r in results:
+        if r.skipped and not (r.h2.load or r.grpc.load):
+            notes.append(f"{r.name}: skipped: {r.skipped}")
+            continue
+        cells = [r.name]
+        for scenario in ("h2", "grpc"):
+            base = [getattr(p, scenario).rps if p else None for p in (direct, nginx)]
+            more, more_notes = _h2_cells(r, scenario, base[0], base[1])
+            cells += more
+            notes += more_notes
+        lines.append("| " + " | ".join(cells) + " |")
+        notes.extend(f"{r.name}: {note}" for note in r.h2_notes)
+    if notes:
+        lines.append("")
+        lines.extend(f"- {note}" for note in notes)
+    return "\n".join(lines)
+
+
+def tables(results: list[PathResult], scenarios: set[str]) -> str:
+    """The HTTP/1.1 table when an HTTP/1.1 or L4 scenario ran, the h2 table when one of h2 and
+    grpc ran, in that order."""
+    parts = []
+    if scenarios & {"http", "fixed", "l4"}:
+        parts.append(table(results))
+    if scenarios & {"h2", "grpc"}:
+        parts.append(h2_table(results))
+    return "\n\n".join(parts)
+
+
+def write(out_dir: Path, stamp: str, header: str, body: str, results: list[PathResult],
           settings: dict[str, object], rounds: list[list[PathResult]]) -> tuple[Path, Path]:
-    """Write <stamp>.md (header + table) and <stamp>.json (settings, table rows, rounds)."""
+    """Write <stamp>.md (header + tables) and <stamp>.json (settings, table rows, rounds)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     md = out_dir / f"bench-{stamp}.md"
-    md.write_text(header + "\n\n" + table(results) + "\n")
+    md.write_text(header + "\n\n" + body + "\n")
     raw = out_dir / f"bench-{stamp}.json"
     raw.write_text(json.dumps({"settings": settings,
                                "results": [asdict(r) for r in results],

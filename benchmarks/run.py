@@ -6,7 +6,9 @@ three scenarios run one after another, never two loads at once (the machine has 
   1. throughput: a short wrk warm-up, then wrk for --duration, proxy CPU read around it;
   2. latency: hey at a fixed --rate for --duration (the added-latency measurement);
   3. L4: one bulk transfer of --l4-bytes through the path's TCP listener, CPU read around it.
-Then its peak RSS is read and the proxy is stopped before the next path starts. Every process
+Then its peak RSS is read and the proxy is stopped before the next path starts. With the h2
+and grpc scenarios selected, the path's proxy then starts again with h2c listeners and h2load
+runs through it (h2.py), shown in a second table. Every process
 is stopped by pid on the way out, also on failure or Ctrl-C. The table goes to stdout and,
 with the raw numbers, to benchmarks/results/. See benchmarks/README.md.
 """
@@ -26,6 +28,7 @@ import tempfile
 import urllib.request
 from pathlib import Path
 
+import h2
 import l4
 import loadgen
 import proxies
@@ -43,7 +46,9 @@ from upstream import Upstreams, start_upstreams
 
 HERE = Path(__file__).resolve().parent
 PY_SPY = HERE.parent / ".venv" / "bin" / "py-spy"
-SCENARIOS = ("http", "fixed", "l4")
+H1_SCENARIOS = ("http", "fixed", "l4")
+SCENARIOS = (*H1_SCENARIOS, *h2.SCENARIOS)
+DEFAULT_SCENARIOS = SCENARIOS
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -55,8 +60,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=float, default=2.0,
                         help="seconds of unmeasured wrk before the measured run (default 2)")
     parser.add_argument("--only", help="comma-separated paths: direct,nginx,haproxy,sidecar")
-    parser.add_argument("--scenarios", default=",".join(SCENARIOS),
-                        help="comma-separated subset of http,fixed,l4 (default all)")
+    parser.add_argument("--scenarios", default=",".join(DEFAULT_SCENARIOS),
+                        help="comma-separated subset of " + ",".join(SCENARIOS)
+                        + " (default " + ",".join(DEFAULT_SCENARIOS) + ")")
     parser.add_argument("--connections", type=int, default=64, help="wrk connections (64)")
     parser.add_argument("--threads", type=int, default=1,
                         help="wrk threads (default 1: fastest on 2 cores, see README)")
@@ -68,6 +74,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="bytes sent in the L4 transfer (default 1 GiB)")
     parser.add_argument("--l4-timeout", type=float, default=60.0,
                         help="seconds before an L4 transfer counts as failed (default 60)")
+    parser.add_argument("--h2-clients", type=int, default=8,
+                        help="h2load connections in the h2 and grpc scenarios (default 8)")
+    parser.add_argument("--h2-streams", type=int, default=32,
+                        help="h2load concurrent streams per connection (default 32)")
     parser.add_argument("--rounds", type=int, default=1,
                         help="run every path N times, interleaved; the table shows the "
                              "median round per scenario (default 1)")
@@ -232,21 +242,24 @@ def measure_path(spec: proxies.PathSpec, args: argparse.Namespace, up: Upstreams
     missing = spec.missing()
     if missing:
         result.skipped = missing
-        return result
-    with ProcessSet(tmp, args.pinning) as procs:
-        try:
-            path = spec.start(procs, tmp, up)
-        except HarnessError as err:
-            result.skipped = f"did not start: {err}"
-            return result
-        PathBench(args, procs, path, result, stamp).run()
+    elif args.scenario_set & set(H1_SCENARIOS):
+        with ProcessSet(tmp, args.pinning) as procs:
+            try:
+                path = spec.start(procs, tmp, up)
+            except HarnessError as err:
+                result.skipped = f"did not start: {err}"
+            else:
+                PathBench(args, procs, path, result, stamp).run()
+    if args.scenario_set & set(h2.SCENARIOS):
+        h2.measure(spec, args, up, tmp, result)
     return result
 
 
 def tool_versions() -> dict[str, str]:
     """First line of each tool's version output, or "missing"."""
     commands = {"nginx": ["nginx", "-v"], "haproxy": ["haproxy", "-v"], "wrk": ["wrk", "-v"],
-                "hey": ["hey", "-h"], "py-spy": [str(PY_SPY), "--version"]}
+                "hey": ["hey", "-h"], "h2load": ["h2load", "--version"],
+                "py-spy": [str(PY_SPY), "--version"]}
     versions = {}
     for tool, command in commands.items():
         if shutil.which(command[0]) is None:
@@ -272,7 +285,7 @@ def main(argv: list[str] | None = None) -> int:
     now = datetime.datetime.now()
     stamp = now.strftime("%Y%m%d-%H%M%S")
     versions = tool_versions()
-    for tool in ("wrk", "hey", "nginx", "haproxy"):
+    for tool in ("wrk", "hey", "h2load", "nginx", "haproxy"):
         if versions[tool] == "missing":
             print(f"NOTE: {tool} is not installed; the scenarios needing it are skipped",
                   file=sys.stderr)
@@ -286,7 +299,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.pinning.load:  # the L4 sender runs in this process
             os.sched_setaffinity(0, {int(cpu) for cpu in args.pinning.load.split(",")})
         with ProcessSet(tmp, args.pinning) as procs:
-            up = start_upstreams(procs, tmp)
+            with_h2 = bool(args.scenario_set & set(h2.SCENARIOS))
+            up = start_upstreams(procs, tmp, h2.upstream_grpc_body() if with_h2 else None)
             for number in range(1, max(1, args.rounds) + 1):
                 one: list[report.PathResult] = []
                 for spec in specs:
@@ -318,16 +332,20 @@ def main(argv: list[str] | None = None) -> int:
         f"# Benchmark run {settings['date']}", "",
         f"- command: `{settings['command']}`", f"- host: {settings['host']}",
         f"- upstream: {up.http_server}",
+        *(["- h2 upstream: nginx h2c (h2: return 200; grpc: the body read, then 200 with a "
+           "gRPC message and grpc-status 0 trailer)"] if up.h2_port else []),
         f"- wrk: -t{args.threads} -c{args.connections} -d{args.duration:g}s "
         f"(warm-up {args.warmup:g}s); hey: {args.rate:g} req/s over {args.rate_workers} "
         f"workers for {args.duration:g}s; L4: {args.l4_bytes} bytes; "
-        f"rounds: {args.rounds}",
+        + (f"h2load (h2, grpc): -c{args.h2_clients} -m{args.h2_streams} "
+           f"-D{max(1, round(args.duration))} after a {args.warmup:g}s warm-up run; "
+           if up.h2_port else "") + f"rounds: {args.rounds}",
         "- CPU pinning: " + (f"proxy on CPU {args.pinning.proxy}, upstream, sink and load "
                              f"generators on CPU {args.pinning.load}" if args.pin else "none"),
         "- tools: " + ", ".join(f"{k}: {v}" for k, v in versions.items())])
-    print(header + "\n\n" + report.table(results))
-    md, raw = report.write(args.results, stamp, header, results, settings,
-                           rounds)
+    body = report.tables(results, args.scenario_set)
+    print(header + "\n\n" + body)
+    md, raw = report.write(args.results, stamp, header, body, results, settings, rounds)
     print(f"\nwritten: {md} and {raw}", file=sys.stderr)
     return 0
 

@@ -7,6 +7,10 @@ path, so its cost is the same in every ratio. When nginx is missing, a small asy
 stands in (much slower: every ratio is then bounded by it, and the harness says so).
 
 The L4 upstream is `l4.py sink`, a separate Python process that counts bytes (see l4.py).
+
+The h2 and grpc scenarios have their own upstream, started only when they run: a second nginx
+speaking h2c on two ports, one with the same static body, one a synthetic gRPC unary server
+(configs/nginx-h2-upstream.conf; h2.py holds the gRPC messages). Without nginx there is none.
 """
 
 from __future__ import annotations
@@ -64,10 +68,15 @@ class Upstreams:
     http_port: int
     sink_port: int
     http_server: str
+    h2_port: int | None = None
+    grpc_port: int | None = None
 
 
-def start_upstreams(procs: ProcessSet, tmp: Path) -> Upstreams:
-    """Start the HTTP upstream and the byte sink; return once both accept connections."""
+def start_upstreams(procs: ProcessSet, tmp: Path, grpc_body: str | None = None) -> Upstreams:
+    """Start the HTTP upstream and the byte sink; return once both accept connections.
+
+    With `grpc_body` (the gRPC response message as nginx config text), also the h2c upstream
+    of the h2 and grpc scenarios, when nginx is installed."""
     http_port = free_port()
     nginx = nginx_binary()
     if nginx is not None:
@@ -85,4 +94,14 @@ def start_upstreams(procs: ProcessSet, tmp: Path) -> Upstreams:
     sink = procs.start("l4-sink", [sys.executable, str(HERE / "l4.py"), "sink",
                                    "--port", str(sink_port)])
     wait_for_port(sink_port, sink.proc, STARTUP_TIMEOUT, sink.log)
-    return Upstreams(http_port=http_port, sink_port=sink_port, http_server=kind)
+    h2_port = grpc_port = None
+    if nginx is not None and grpc_body is not None:
+        h2_port, grpc_port = free_port(), free_port()
+        conf = render("nginx-h2-upstream.conf", {
+            "TMP": tmp, "H2_PORT": h2_port, "GRPC_PORT": grpc_port, "BODY": BODY,
+            "GRPC_BODY": grpc_body}, tmp / "upstream-h2-nginx.conf")
+        h2 = procs.start("upstream-h2-nginx", [nginx, "-p", str(tmp), "-c", str(conf)])
+        wait_for_port(h2_port, h2.proc, STARTUP_TIMEOUT, h2.log)
+        wait_for_port(grpc_port, h2.proc, STARTUP_TIMEOUT, h2.log)
+    return Upstreams(http_port=http_port, sink_port=sink_port, http_server=kind,
+                     h2_port=h2_port, grpc_port=grpc_port)
