@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Protocol
 from sidecar.http import grpc, local_reply
 from sidecar.http.headers import apply_forwarding
 from sidecar.http.router import CompiledRoute, RouteTable
-from sidecar.http.stream import End, RequestHead, ResponseHead, UpstreamRequest
+from sidecar.http.stream import END, End, RequestHead, ResponseHead, UpstreamRequest
 from sidecar.outcome import ResponseFlag
 from sidecar.runtime import Downstream, Runtime, StreamInfo
 from sidecar.upstream.connect import UpstreamConnectError
@@ -84,6 +84,7 @@ class ActiveStream:
         "request_done",
         "response_done",
         "response_started",
+        "retried",
         "route",
         "state",
         "up_paused",
@@ -109,6 +110,7 @@ class ActiveStream:
         self.up_paused = False
         self.upgrading = False
         self.attached = False  # an upstream request was sent (upstream_rq_* counted)
+        self.retried = False
 
     # request side (called by the connection manager) ---------------------------------------
 
@@ -158,6 +160,9 @@ class ActiveStream:
         rid = head.request_id
         if rid is not None:
             info.request_id = rid.decode("latin-1")
+        self._dispatch(pool)
+
+    def _dispatch(self, pool: Http1Pool | Http2Pool) -> None:
         up = pool.acquire()
         if up is not None:
             self._attach(up)  # the connection manager flushes once the request's events are in
@@ -327,6 +332,27 @@ class ActiveStream:
     def on_upstream_reset(self, flag: ResponseFlag) -> None:
         self.upstream = None
         self.fail(flag)
+
+    def on_upstream_refused(self) -> None:
+        """The upstream never processed the request (GOAWAY below its id, REFUSED_STREAM): send
+        it again on another connection, once, if no body went out (Envoy does the same)."""
+        self.upstream = None
+        pool = self.pool
+        if (self.retried or self.response_started or self.done or pool is None
+                or self.info.bytes_received or self.state is None):
+            self.fail(ResponseFlag.UR)
+            return
+        self.retried = True
+        c = self.state.counters
+        c.upstream_rq_active -= 1
+        c.upstream_rq_retry += 1
+        self._pending = [END] if self.request_done else []  # (re-sent by _attach)
+        up = pool.acquire()
+        if up is None:
+            asyncio.get_running_loop().create_task(self._connect())
+            return
+        self._attach(up)
+        up.schedule_flush()
 
     def on_upstream_write_paused(self) -> None:
         self.conn.pause_reading(PAUSE_UPSTREAM)

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 from collections import deque
 from http import HTTPStatus
+from typing import TYPE_CHECKING
 
 import h2.config
 import h2.connection
@@ -37,8 +38,13 @@ import h2.errors
 import h2.events
 import h2.exceptions
 import h2.settings
+import hpack.exceptions
 from h2.events import Event
+from hyperframe.exceptions import InvalidDataError
 from hyperframe.frame import Frame, GoAwayFrame
+
+if TYPE_CHECKING:
+    from typing_extensions import Buffer
 
 from sidecar.http.stream import END, NO_LENGTH, End, Headers, RequestHead, ResponseHead
 
@@ -54,8 +60,10 @@ NO_ERROR = 0x0
 PROTOCOL_ERROR = 0x1
 INTERNAL_ERROR = 0x2
 FLOW_CONTROL_ERROR = 0x3
+FRAME_SIZE_ERROR = 0x6
 REFUSED_STREAM = 0x7
 CANCEL = 0x8
+COMPRESSION_ERROR = 0x9
 ENHANCE_YOUR_CALM = 0xB
 
 _REASONS = {s.value: s.phrase.encode("latin-1") for s in HTTPStatus}
@@ -63,10 +71,28 @@ _STATUS_BYTES = {s.value: str(s.value).encode("ascii") for s in HTTPStatus}
 
 
 class GracefulH2Connection(h2.connection.H2Connection):
-    """h2's connection, except that a GOAWAY with NO_ERROR lets the streams below its last
-    stream id finish (RFC 9113 section 6.8). h2 closes the whole connection on any GOAWAY and
-    then fails on the frames of those streams still in flight: the last responses an upstream
-    sends while it retires a connection (nginx does after 1000 requests) would be lost."""
+    """h2's connection with two corrections a peer can observe.
+
+    A GOAWAY with NO_ERROR lets the streams below its last stream id finish (RFC 9113 section
+    6.8). h2 closes the whole connection on any GOAWAY and then fails on the frames of those
+    streams still in flight: the last responses an upstream sends while it retires a connection
+    (nginx does after 1000 requests) would be lost.
+
+    Connection errors carry the code the RFCs name where h2 reports a generic PROTOCOL_ERROR:
+    COMPRESSION_ERROR for a header block HPACK cannot decode (RFC 9113 section 4.3, RFC 7541),
+    FRAME_SIZE_ERROR for a SETTINGS acknowledgement with a payload (RFC 9113 section 6.5).
+    """
+
+    def receive_data(self, data: Buffer) -> list[Event]:
+        try:
+            return super().receive_data(data)
+        except h2.exceptions.ProtocolError as exc:
+            code = _specific_error(exc)
+            if code is not None:
+                self.clear_outbound_data_buffer()  # h2 queued GOAWAY PROTOCOL_ERROR: replace it
+                self._terminate_connection(code)
+                exc.error_code = code
+            raise
 
     def _receive_goaway_frame(self, frame: GoAwayFrame) -> tuple[list[Frame], list[Event]]:
         if frame.error_code != NO_ERROR:
@@ -76,6 +102,17 @@ class GracefulH2Connection(h2.connection.H2Connection):
         event.last_stream_id = frame.last_stream_id
         event.additional_data = frame.additional_data or None
         return [], [event]
+
+
+def _specific_error(exc: BaseException) -> h2.errors.ErrorCodes | None:
+    cause = exc.__cause__
+    if isinstance(cause, hpack.exceptions.HPACKError) and not isinstance(
+        cause, hpack.exceptions.OversizedHeaderListError
+    ):
+        return h2.errors.ErrorCodes.COMPRESSION_ERROR
+    if isinstance(cause, InvalidDataError) and str(cause).startswith("SETTINGS ack frame"):
+        return h2.errors.ErrorCodes.FRAME_SIZE_ERROR
+    return None
 
 
 def new_connection(client: bool) -> h2.connection.H2Connection:

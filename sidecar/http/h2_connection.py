@@ -55,6 +55,9 @@ PREMATURE_RESET_MIN = 500  # Envoy: overload premature_reset_total_stream_count
 CONTROL_FRAMES_PER_SECOND = 10_000
 MAX_EMPTY_DATA_FRAMES = 100  # consecutive DATA frames with no payload and no END_STREAM
 DEFER_LIMIT = 64 * 1024  # framed bytes held for the next turn's write; more go out at once
+PREFACE_CHECK = 24 + 9  # the magic and the first frame header
+SETTINGS_TYPE = 0x4
+LINGER_SECONDS = 1.0  # Envoy's delayed_close_timeout
 
 
 class H2ConnectionManagerProtocol(asyncio.Protocol):
@@ -83,6 +86,8 @@ class H2ConnectionManagerProtocol(asyncio.Protocol):
         self._control_window = 0.0
         self._empty_data = 0
         self._idle_timer: asyncio.TimerHandle | None = None
+        self._linger: asyncio.TimerHandle | None = None
+        self._preface: bytes | None = b""  # the client's first bytes until its SETTINGS is seen
         self._touched: set[H2DownstreamStream] = set()  # streams that got request events
 
     # asyncio callbacks -------------------------------------------------------------------------
@@ -95,6 +100,8 @@ class H2ConnectionManagerProtocol(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         if self._closed:
+            return
+        if self._preface is not None and not self._check_preface(data):
             return
         try:
             events = self.h2.receive_data(data)
@@ -125,7 +132,7 @@ class H2ConnectionManagerProtocol(asyncio.Protocol):
                 self._on_control(ev)
             elif t is h2.events.ConnectionTerminated:
                 self._peer_goaway = True
-            if self.transport is None or self.transport.is_closing():
+            if self._gone():
                 touched.clear()
                 return  # a connection error or GOAWAY ended it
         for s in touched:
@@ -136,11 +143,29 @@ class H2ConnectionManagerProtocol(asyncio.Protocol):
         if self._peer_goaway and not self.streams:
             self._close()
 
+    def _check_preface(self, data: bytes) -> bool:
+        """RFC 9113 section 3.4: the client preface is the magic, then a SETTINGS frame (h2
+        checks only the magic)."""
+        head = self._preface = self._preface + data  # type: ignore[operator]
+        if len(head) < PREFACE_CHECK:
+            return True
+        self._preface = None
+        if head[PREFACE_CHECK - 6] == SETTINGS_TYPE:
+            return True
+        self.flush()
+        if self.transport is not None:
+            self.transport.write(h2_codec.goaway(0, h2_codec.PROTOCOL_ERROR))
+        self._connection_error()
+        return False
+
     def eof_received(self) -> bool:
         return False
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closed = True
+        if self._linger is not None:
+            self._linger.cancel()
+            self._linger = None
         if self._idle_timer is not None:
             self._idle_timer.cancel()
             self._idle_timer = None
@@ -394,13 +419,24 @@ class H2ConnectionManagerProtocol(asyncio.Protocol):
             if s.active is not None and not s.active.done:
                 s.active.on_downstream_reset(None)
 
+    def _gone(self) -> bool:
+        return self._closed
+
     def _close(self) -> None:
+        """Send what is queued (a GOAWAY last), half-close, and discard input for a while:
+        closing with unread input would reset the connection and lose the GOAWAY."""
         if self._closed:
             return
         self.flush()
         self._closed = True
-        if self.transport is not None:
-            self.transport.close()
+        t = self.transport
+        if t is None:
+            return
+        if t.can_write_eof():
+            t.write_eof()
+            self._linger = self.loop.call_later(LINGER_SECONDS, t.close)
+        else:
+            t.close()
 
     # stream idle timeout -----------------------------------------------------------------------
 

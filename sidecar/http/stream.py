@@ -139,6 +139,9 @@ class ResponseSink(Protocol):
     def on_batch_end(self) -> None:
         """The events of one read have been delivered (a good time to flush writes)."""
 
+    def on_upstream_refused(self) -> None:
+        """The upstream refused the request unprocessed (HTTP/2 GOAWAY or REFUSED_STREAM)."""
+
     def on_upstream_write_paused(self) -> None: ...
 
     def on_upstream_write_resumed(self) -> None: ...

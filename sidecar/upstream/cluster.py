@@ -44,6 +44,7 @@ class ClusterCounters:
     upstream_rq_total: int = 0
     upstream_rq_active: int = 0
     upstream_rq_timeout: int = 0
+    upstream_rq_retry: int = 0
     upstream_rq_pending_overflow: int = 0
     upstream_rq_2xx: int = 0
     upstream_rq_3xx: int = 0

@@ -226,7 +226,7 @@ class UpstreamH2Connection(asyncio.Protocol):
             elif t is h2.events.StreamReset:
                 code = ev.error_code  # type: ignore[attr-defined]
                 flag = ResponseFlag.UPE if code == h2_codec.PROTOCOL_ERROR else ResponseFlag.UR
-                self._reset(s, flag)
+                self._reset(s, flag, refused=code == h2_codec.REFUSED_STREAM)
         for sink in touched:
             sink.on_batch_end()  # (also for streams that ended in this read)
         touched.clear()
@@ -265,14 +265,17 @@ class UpstreamH2Connection(asyncio.Protocol):
         if sink is not None:
             sink.on_response_end(end)
 
-    def _reset(self, s: UpstreamH2Stream, flag: ResponseFlag) -> None:
+    def _reset(self, s: UpstreamH2Stream, flag: ResponseFlag, refused: bool = False) -> None:
         sink = s.sink
         s.sink = None
         self.streams.pop(s.id, None)
         s.out.done = True
+        self.stream_done(s, cancel=False)  # (first: a retry must not pick this stream's slot)
         if sink is not None and not s.ended:
-            sink.on_upstream_reset(flag)
-        self.stream_done(s, cancel=False)
+            if refused:
+                sink.on_upstream_refused()
+            else:
+                sink.on_upstream_reset(flag)
 
     def _fail_all(self, flag: ResponseFlag) -> None:
         for s in list(self.streams.values()):
@@ -283,7 +286,7 @@ class UpstreamH2Connection(asyncio.Protocol):
         last = last_stream_id if last_stream_id is not None else 0
         for sid, s in list(self.streams.items()):
             if sid > last:
-                self._reset(s, ResponseFlag.UR)  # refused: never processed
+                self._reset(s, ResponseFlag.UR, refused=True)  # never processed: retry
         if not self.in_use:
             self.close()
 
