@@ -19,13 +19,8 @@ with REFUSED_STREAM. A protocol error is a connection error: h2 has queued GOAWA
 it is flushed and the socket closed. RST_STREAM from the client ends that stream's exchange (its
 upstream request is cancelled: DC).
 
-Protection (the attacks of RFC 9113 section 10.5 and the CVEs since), answered as Envoy does,
-GOAWAY ENHANCE_YOUR_CALM then close: rapid reset (CVE-2023-44487: at least PREMATURE_RESET_MIN
-streams and half of them reset by the client before a response began), control-frame floods
-(more than CONTROL_FRAMES_PER_SECOND PING/SETTINGS frames in one second, or any while our
-output is backed up past the high-water mark), runs of empty DATA frames. CONTINUATION floods and
-HPACK bombs are stopped inside h2 (a bounded CONTINUATION backlog; the header list size limit
-enforced while decoding) and end as connection errors.
+Protection against the known HTTP/2 attacks: h2_guard.py counts, this module answers (GOAWAY
+ENHANCE_YOUR_CALM, then close).
 """
 
 from __future__ import annotations
@@ -42,6 +37,7 @@ from sidecar.config.snapshot import HttpConnectionManager
 from sidecar.http import h2_codec
 from sidecar.http.active_stream import ActiveStream
 from sidecar.http.h2_codec import ENHANCE_YOUR_CALM, HIGH_WATER, LOW_WATER, pump
+from sidecar.http.h2_guard import AbuseGuard
 from sidecar.http.h2_stream import H2DownstreamStream
 from sidecar.http.router import RouteTable, route_table
 from sidecar.http.stream import END, End
@@ -51,9 +47,6 @@ from sidecar.runtime import Downstream, Runtime
 
 SOCKET_HIGH_WATER = 512 * 1024
 SOCKET_LOW_WATER = 128 * 1024
-PREMATURE_RESET_MIN = 500  # Envoy: overload premature_reset_total_stream_count
-CONTROL_FRAMES_PER_SECOND = 10_000
-MAX_EMPTY_DATA_FRAMES = 100  # consecutive DATA frames with no payload and no END_STREAM
 DEFER_LIMIT = 64 * 1024  # framed bytes held for the next turn's write; more go out at once
 PREFACE_CHECK = 24 + 9  # the magic and the first frame header
 SETTINGS_TYPE = 0x4
@@ -80,11 +73,7 @@ class H2ConnectionManagerProtocol(asyncio.Protocol):
         self._closed = False
         self._goaway_id: int | None = None  # last stream id of our graceful GOAWAY
         self._peer_goaway = False
-        self._streams_total = 0
-        self._premature_resets = 0
-        self._control_frames = 0
-        self._control_window = 0.0
-        self._empty_data = 0
+        self._guard = AbuseGuard()
         self._idle_timer: asyncio.TimerHandle | None = None
         self._linger: asyncio.TimerHandle | None = None
         self._preface: bytes | None = b""  # the client's first bytes until its SETTINGS is seen
@@ -211,7 +200,7 @@ class H2ConnectionManagerProtocol(asyncio.Protocol):
         if self._goaway_id is not None and sid > self._goaway_id:
             self.h2.reset_stream(sid, h2_codec.REFUSED_STREAM)
             return
-        self._streams_total += 1
+        self._guard.streams += 1
         head = h2_codec.request_head(ev.headers, ended)
         s = H2DownstreamStream(self, sid)
         s.request_ended = ended
@@ -231,13 +220,9 @@ class H2ConnectionManagerProtocol(asyncio.Protocol):
         size = ev.flow_controlled_length
         data = ev.data
         s = self.streams.get(sid)
-        if not data and ev.stream_ended is None:
-            self._empty_data += 1
-            if self._empty_data > MAX_EMPTY_DATA_FRAMES:
-                self._calm()
-                return
-        else:
-            self._empty_data = 0
+        if self._guard.data_frame(not data and ev.stream_ended is None):
+            self._calm()
+            return
         if s is None or s.active is None or s.active.done:
             if size:
                 self.h2.acknowledge_received_data(size, sid)  # the stream is gone: free the window
@@ -275,23 +260,15 @@ class H2ConnectionManagerProtocol(asyncio.Protocol):
             return
         s.closed = True
         active = s.active
+        premature = False
         if active is not None and not active.done:
-            if not active.response_started:
-                self._premature_resets += 1
+            premature = not active.response_started
             active.on_downstream_reset(None)
-        total = self._streams_total
-        if total >= PREMATURE_RESET_MIN and self._premature_resets * 2 >= total:
+        if self._guard.stream_reset(premature):
             self._calm()  # rapid reset (CVE-2023-44487)
 
     def _on_control(self, ev: object) -> None:
-        now = self.loop.time()
-        if now - self._control_window >= 1.0:
-            self._control_window = now
-            self._control_frames = 0
-        self._control_frames += 1
-        if self._control_frames > CONTROL_FRAMES_PER_SECOND or (
-            self._write_paused and self._control_frames > 100
-        ):
+        if self._guard.control_frame(self.loop.time(), self._write_paused):
             self._calm()
             return
         if type(ev) is h2.events.RemoteSettingsChanged:
