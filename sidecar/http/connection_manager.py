@@ -40,9 +40,8 @@ from sidecar.http.active_stream import ActiveStream
 from sidecar.http.coalesce import CoalescedWrites
 from sidecar.http.h1 import H1ServerCodec
 from sidecar.http.h1_encode import chunk, encode_response_head, last_chunk
-from sidecar.http.router import RouteTable, route_table
 from sidecar.http.stream import End, RequestEvent, RequestHead, ResponseHead
-from sidecar.http.stream_info import ConnectionLabels, describe_request
+from sidecar.http.stream_info import HttpConnectionBase, describe_request
 from sidecar.outcome import ResponseFlag
 from sidecar.runtime import Downstream, Runtime
 from sidecar.tcp.relay import Relay, splice
@@ -58,17 +57,11 @@ PAUSE_UPGRADE = 16
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 
-class HttpConnectionManagerProtocol(CoalescedWrites, asyncio.Protocol):
+class HttpConnectionManagerProtocol(HttpConnectionBase, CoalescedWrites, asyncio.Protocol):
     """One downstream HTTP/1.1 connection: parse, route, proxy, answer in order."""
 
     def __init__(self, runtime: Runtime, downstream: Downstream, config: HttpConnectionManager):
-        self.runtime = runtime
-        self.downstream = downstream
-        self.config = config
-        rc = downstream.snapshot.route_configs.get(config.route_config)
-        self.table: RouteTable | None = route_table(rc) if rc is not None else None
-        self.labels = ConnectionLabels(downstream)
-        self.remote_ip = self.labels.remote_ip
+        HttpConnectionBase.__init__(self, runtime, downstream, config)
         self.codec = H1ServerCodec()
         self.transport: asyncio.Transport | None = None
         self.stream: ActiveStream | None = None

@@ -38,10 +38,10 @@ from sidecar.http import h2_codec
 from sidecar.http.active_stream import ActiveStream
 from sidecar.http.h2_codec import ENHANCE_YOUR_CALM, HIGH_WATER, LOW_WATER, pump
 from sidecar.http.h2_guard import AbuseGuard
+from sidecar.http.h2_output import H2Output
 from sidecar.http.h2_stream import H2DownstreamStream
-from sidecar.http.router import RouteTable, route_table
 from sidecar.http.stream import END, End
-from sidecar.http.stream_info import ConnectionLabels, describe_request
+from sidecar.http.stream_info import HttpConnectionBase, describe_request
 from sidecar.outcome import ResponseFlag
 from sidecar.runtime import Downstream, Runtime
 
@@ -53,17 +53,11 @@ SETTINGS_TYPE = 0x4
 LINGER_SECONDS = 1.0  # Envoy's delayed_close_timeout
 
 
-class H2ConnectionManagerProtocol(asyncio.Protocol):
+class H2ConnectionManagerProtocol(HttpConnectionBase, H2Output, asyncio.Protocol):
     """One downstream HTTP/2 connection: many streams, each an ActiveStream."""
 
     def __init__(self, runtime: Runtime, downstream: Downstream, config: HttpConnectionManager):
-        self.runtime = runtime
-        self.downstream = downstream
-        self.config = config
-        rc = downstream.snapshot.route_configs.get(config.route_config)
-        self.table: RouteTable | None = route_table(rc) if rc is not None else None
-        self.labels = ConnectionLabels(downstream)
-        self.remote_ip = self.labels.remote_ip
+        HttpConnectionBase.__init__(self, runtime, downstream, config)
         self.loop = asyncio.get_running_loop()
         self.h2 = h2_codec.new_connection(client=False)
         self.transport: asyncio.Transport | None = None
@@ -352,20 +346,8 @@ class H2ConnectionManagerProtocol(asyncio.Protocol):
 
     # output ------------------------------------------------------------------------------------
 
-    def schedule_flush(self) -> None:
-        if not self._flush_pending and not self._closed:
-            self._flush_pending = True
-            self.loop.call_soon(self._deferred_flush)
-
-    def _deferred_flush(self) -> None:
-        self._flush_pending = False
-        self.flush()
-
-    def flush(self) -> None:
-        data = self.h2.data_to_send()
-        transport = self.transport
-        if data and transport is not None and not transport.is_closing():
-            transport.write(data)
+    def _writable(self) -> bool:
+        return not self._closed and super()._writable()
 
     # closing -----------------------------------------------------------------------------------
 

@@ -9,6 +9,8 @@ once whichever connection manager saw it.
 
 from __future__ import annotations
 
+from sidecar.config.snapshot import HttpConnectionManager
+from sidecar.http.router import RouteTable, route_table
 from sidecar.http.stream import RequestHead
 from sidecar.runtime import Downstream, Runtime, StreamInfo, format_address
 
@@ -51,3 +53,19 @@ def describe_request(info: StreamInfo, head: RequestHead, protocol: str) -> None
         info.user_agent = head.user_agent.decode("latin-1")
     if head.forwarded_for is not None:
         info.forwarded_for = head.forwarded_for.decode("latin-1")
+
+
+class HttpConnectionBase:
+    """What either connection manager (HTTP/1.1, HTTP/2) holds for its requests: the runtime,
+    the connection's record, its route table (compiled once per route config) and labels."""
+
+    def __init__(
+        self, runtime: Runtime, downstream: Downstream, config: HttpConnectionManager
+    ) -> None:
+        self.runtime = runtime
+        self.downstream = downstream
+        self.config = config
+        rc = downstream.snapshot.route_configs.get(config.route_config)
+        self.table: RouteTable | None = route_table(rc) if rc is not None else None
+        self.labels = ConnectionLabels(downstream)
+        self.remote_ip = self.labels.remote_ip

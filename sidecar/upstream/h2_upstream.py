@@ -25,6 +25,7 @@ import h2.settings
 
 from sidecar.http import h2_codec
 from sidecar.http.h2_codec import HIGH_WATER, LOW_WATER, SendQueue, pump
+from sidecar.http.h2_output import H2Output
 from sidecar.http.stream import END, End, RequestHead, ResponseSink
 from sidecar.outcome import ResponseFlag
 from sidecar.runtime import format_address
@@ -121,7 +122,7 @@ class UpstreamH2Stream:
         self.conn.stream_done(self, cancel=True)
 
 
-class UpstreamH2Connection(asyncio.Protocol):
+class UpstreamH2Connection(H2Output, asyncio.Protocol):
     """One upstream HTTP/2 connection carrying many streams."""
 
     def __init__(self, pool: Http2Pool) -> None:
@@ -336,22 +337,6 @@ class UpstreamH2Connection(asyncio.Protocol):
                 self.close()
 
     # output ----------------------------------------------------------------------------------
-
-    def schedule_flush(self) -> None:
-        if not self._flush_pending:
-            self._flush_pending = True
-            self.loop.call_soon(self._deferred_flush)
-
-    def _deferred_flush(self) -> None:
-        self._flush_pending = False
-        self.flush()
-
-    def flush(self) -> None:
-        transport = self.transport
-        if transport is not None and not transport.is_closing():
-            data = self.h2.data_to_send()
-            if data:
-                transport.write(data)
 
     def close(self) -> None:
         if self.transport is not None and not self.transport.is_closing():
