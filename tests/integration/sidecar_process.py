@@ -22,8 +22,11 @@ from typing import Any
 from .proxy_fixtures import free_port
 
 
-def ingress_sidecar_yaml(port: int, upstream_port: int, protocol: str = "HTTP") -> str:
-    """A namespace-wide Sidecar with one explicit (captureMode NONE) ingress listener."""
+def ingress_sidecar_yaml(
+    port: int, upstream_port: int, protocol: str = "HTTP", tls: str = ""
+) -> str:
+    """A namespace-wide Sidecar with one explicit (captureMode NONE) ingress listener; `tls`
+    is the YAML of its `tls:` mapping, indented for the entry."""
     return f"""\
 apiVersion: networking.istio.io/v1
 kind: Sidecar
@@ -39,7 +42,7 @@ spec:
     bind: 127.0.0.1
     captureMode: NONE
     defaultEndpoint: 127.0.0.1:{upstream_port}
-"""
+{tls}"""
 
 
 class SidecarProcess:

@@ -17,31 +17,18 @@ from tests.conftest import require
 
 from .certs import self_signed
 from .proxy_fixtures import free_port
-from .sidecar_process import SidecarProcess
+from .sidecar_process import SidecarProcess, ingress_sidecar_yaml
 from .upstreams import start_streaming_upstream
 
 
 def tls_ingress_yaml(port: int, upstream: int, cert: Path, key: Path) -> str:
-    return f"""\
-apiVersion: networking.istio.io/v1
-kind: Sidecar
-metadata:
-  name: default
-  namespace: default
-spec:
-  ingress:
-  - port:
-      number: {port}
-      protocol: HTTPS
-      name: https-in
-    bind: 127.0.0.1
-    captureMode: NONE
-    defaultEndpoint: 127.0.0.1:{upstream}
+    tls = f"""\
     tls:
       mode: SIMPLE
       serverCertificate: {cert}
       privateKey: {key}
 """
+    return ingress_sidecar_yaml(port, upstream, "HTTPS", tls)
 
 
 @pytest.fixture
