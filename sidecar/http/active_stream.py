@@ -22,13 +22,13 @@ of the response.
 from __future__ import annotations
 
 import asyncio
-from time import monotonic
 from typing import TYPE_CHECKING, Protocol
 
 from sidecar.http import grpc, local_reply
 from sidecar.http.headers import apply_forwarding
 from sidecar.http.router import CompiledRoute, RouteTable
 from sidecar.http.stream import END, End, RequestHead, ResponseHead, UpstreamRequest
+from sidecar.http.stream_info import finish_request
 from sidecar.outcome import ResponseFlag
 from sidecar.runtime import Downstream, Runtime, StreamInfo
 from sidecar.upstream.connect import UpstreamConnectError
@@ -160,15 +160,18 @@ class ActiveStream:
         rid = head.request_id
         if rid is not None:
             info.request_id = rid.decode("latin-1")
-        self._dispatch(pool)
+        self._dispatch(pool)  # the connection manager flushes once the request's events are in
 
-    def _dispatch(self, pool: Http1Pool | Http2Pool) -> None:
+    def _dispatch(self, pool: Http1Pool | Http2Pool) -> UpstreamRequest | None:
+        """Attach an idle upstream (returned; the caller flushes) or start connecting one."""
         up = pool.acquire()
         if up is not None:
-            self._attach(up)  # the connection manager flushes once the request's events are in
-        else:
+            self._attach(up)
+            return up
+        if self._pending is None:
             self._pending = []
-            asyncio.get_running_loop().create_task(self._connect())
+        asyncio.get_running_loop().create_task(self._connect())
+        return None
 
     async def _connect(self) -> None:
         pool = self.pool
@@ -347,12 +350,9 @@ class ActiveStream:
         c.upstream_rq_active -= 1
         c.upstream_rq_retry += 1
         self._pending = [END] if self.request_done else []  # (re-sent by _attach)
-        up = pool.acquire()
-        if up is None:
-            asyncio.get_running_loop().create_task(self._connect())
-            return
-        self._attach(up)
-        up.schedule_flush()
+        up = self._dispatch(pool)
+        if up is not None:
+            up.schedule_flush()
 
     def on_upstream_write_paused(self) -> None:
         self.conn.pause_reading(PAUSE_UPSTREAM)
@@ -426,16 +426,7 @@ class ActiveStream:
     def finish_log(self) -> None:
         """Counters and the access log entry; once per stream."""
         info = self.info
-        if not info.end_mono:  # info.finish(), inline
-            info.end_mono = monotonic()
-        runtime = self.conn.runtime
-        rc = runtime.counters
-        rc.downstream_rq_active -= 1
         code = info.response_code
-        if 400 <= code < 500:
-            rc.downstream_rq_4xx += 1
-        elif code >= 500:
-            rc.downstream_rq_5xx += 1
         state = self.state
         if state is not None:
             state.in_flight -= 1
@@ -451,4 +442,4 @@ class ActiveStream:
                 c.upstream_rq_4xx += 1
             else:
                 c.upstream_rq_5xx += 1
-        runtime.access_log.log(info)
+        finish_request(self.conn.runtime, info)

@@ -13,6 +13,7 @@ import asyncio
 
 from sidecar.config.snapshot import HttpConnectionManager
 from sidecar.http.connection_manager import HttpConnectionManagerProtocol
+from sidecar.http.h2_connection import H2ConnectionManagerProtocol
 from sidecar.runtime import Downstream, Runtime
 
 H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
@@ -35,7 +36,5 @@ def http_protocol(
 ) -> asyncio.Protocol:
     """The connection manager for this connection, chosen by ALPN or the first bytes."""
     if alpn == "h2" or is_h2_preface(first):
-        from sidecar.http.h2_connection import H2ConnectionManagerProtocol
-
         return H2ConnectionManagerProtocol(runtime, downstream, config)
     return HttpConnectionManagerProtocol(runtime, downstream, config)

@@ -41,7 +41,7 @@ from sidecar.http.coalesce import CoalescedWrites
 from sidecar.http.h1 import H1ServerCodec
 from sidecar.http.h1_encode import chunk, encode_response_head, last_chunk
 from sidecar.http.stream import End, RequestEvent, RequestHead, ResponseHead
-from sidecar.http.stream_info import HttpConnectionBase, describe_request
+from sidecar.http.stream_info import HttpConnectionBase, describe_request, finish_request
 from sidecar.outcome import ResponseFlag
 from sidecar.runtime import Downstream, Runtime
 from sidecar.tcp.relay import Relay, splice
@@ -244,12 +244,7 @@ class HttpConnectionManagerProtocol(HttpConnectionBase, CoalescedWrites, asyncio
         body = local_reply.reason_phrase(err.status)
         info.bytes_sent = len(body)
         self._out.append(local_reply.render(err.status, body, close=True))
-        info.finish()
-        rc = self.runtime.counters
-        rc.downstream_rq_active -= 1
-        rc.downstream_rq_4xx += err.status < 500
-        rc.downstream_rq_5xx += err.status >= 500
-        self.runtime.access_log.log(info)
+        finish_request(self.runtime, info)
         self._close_gracefully()
 
     def _hold(self, data: bytes) -> None:

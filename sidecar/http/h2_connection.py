@@ -70,7 +70,8 @@ class H2ConnectionManagerProtocol(HttpConnectionBase, H2Output, asyncio.Protocol
         self._guard = AbuseGuard()
         self._idle_timer: asyncio.TimerHandle | None = None
         self._linger: asyncio.TimerHandle | None = None
-        self._preface: bytes | None = b""  # the client's first bytes until its SETTINGS is seen
+        self._preface = b""  # the client's first bytes until its first frame header is seen
+        self._preface_checked = False
         self._touched: set[H2DownstreamStream] = set()  # streams that got request events
 
     # asyncio callbacks -------------------------------------------------------------------------
@@ -84,7 +85,7 @@ class H2ConnectionManagerProtocol(HttpConnectionBase, H2Output, asyncio.Protocol
     def data_received(self, data: bytes) -> None:
         if self._closed:
             return
-        if self._preface is not None and not self._check_preface(data):
+        if not self._preface_checked and not self._check_preface(data):
             return
         try:
             events = self.h2.receive_data(data)
@@ -93,27 +94,21 @@ class H2ConnectionManagerProtocol(HttpConnectionBase, H2Output, asyncio.Protocol
             return
         touched = self._touched
         for ev in events:
-            t = type(ev)
-            if t is h2.events.DataReceived:
-                self._on_data(ev)  # type: ignore[arg-type]
-            elif t is h2.events.RequestReceived:
-                self._on_request(ev)  # type: ignore[arg-type]
-            elif t is h2.events.StreamEnded:
-                s = self.streams.get(ev.stream_id)  # type: ignore[attr-defined]
-                if s is not None and not s.request_ended:
-                    s.request_ended = True
-                    touched.add(s)
-                    if s.active is not None:
-                        s.active.on_request_end(END)
-            elif t is h2.events.TrailersReceived:
-                self._on_trailers(ev)  # type: ignore[arg-type]
-            elif t is h2.events.WindowUpdated:
-                self._on_window(ev.stream_id)  # type: ignore[attr-defined]
-            elif t is h2.events.StreamReset:
-                self._on_reset(ev)  # type: ignore[arg-type]
-            elif t is h2.events.PingReceived or t is h2.events.RemoteSettingsChanged:
+            if isinstance(ev, h2.events.DataReceived):
+                self._on_data(ev)
+            elif isinstance(ev, h2.events.RequestReceived):
+                self._on_request(ev)
+            elif isinstance(ev, h2.events.StreamEnded):
+                self._on_end(ev.stream_id)
+            elif isinstance(ev, h2.events.TrailersReceived):
+                self._on_trailers(ev)
+            elif isinstance(ev, h2.events.WindowUpdated):
+                self._on_window(ev.stream_id or 0)
+            elif isinstance(ev, h2.events.StreamReset):
+                self._on_reset(ev)
+            elif isinstance(ev, (h2.events.PingReceived, h2.events.RemoteSettingsChanged)):
                 self._on_control(ev)
-            elif t is h2.events.ConnectionTerminated:
+            elif isinstance(ev, h2.events.ConnectionTerminated):
                 self._peer_goaway = True
             if self._gone():
                 touched.clear()
@@ -129,10 +124,11 @@ class H2ConnectionManagerProtocol(HttpConnectionBase, H2Output, asyncio.Protocol
     def _check_preface(self, data: bytes) -> bool:
         """RFC 9113 section 3.4: the client preface is the magic, then a SETTINGS frame (h2
         checks only the magic)."""
-        head = self._preface = self._preface + data  # type: ignore[operator]
+        head = self._preface = self._preface + data
         if len(head) < PREFACE_CHECK:
             return True
-        self._preface = None
+        self._preface_checked = True
+        self._preface = b""
         if head[PREFACE_CHECK - 6] == SETTINGS_TYPE:
             return True
         self.flush()
@@ -231,12 +227,15 @@ class H2ConnectionManagerProtocol(HttpConnectionBase, H2Output, asyncio.Protocol
             self.h2.acknowledge_received_data(size, sid)
 
     def _on_trailers(self, ev: h2.events.TrailersReceived) -> None:
-        s = self.streams.get(ev.stream_id)
+        self._on_end(ev.stream_id, End(list(ev.headers)))
+
+    def _on_end(self, stream_id: int | None, end: End = END) -> None:
+        s = self.streams.get(stream_id or 0)
         if s is not None and not s.request_ended:
             s.request_ended = True
             self._touched.add(s)
             if s.active is not None:
-                s.active.on_request_end(End(list(ev.headers)))
+                s.active.on_request_end(end)
 
     def _on_window(self, stream_id: int) -> None:
         if stream_id:

@@ -9,6 +9,8 @@ once whichever connection manager saw it.
 
 from __future__ import annotations
 
+from time import monotonic
+
 from sidecar.config.snapshot import HttpConnectionManager
 from sidecar.http.router import RouteTable, route_table
 from sidecar.http.stream import RequestHead
@@ -40,6 +42,20 @@ class ConnectionLabels:
         rc.downstream_rq_total += 1
         rc.downstream_rq_active += 1
         return info
+
+
+def finish_request(runtime: Runtime, info: StreamInfo) -> None:
+    """A request is over: its end time, the server-wide counters, the access log entry."""
+    if not info.end_mono:
+        info.end_mono = monotonic()
+    rc = runtime.counters
+    rc.downstream_rq_active -= 1
+    code = info.response_code
+    if 400 <= code < 500:
+        rc.downstream_rq_4xx += 1
+    elif code >= 500:
+        rc.downstream_rq_5xx += 1
+    runtime.access_log.log(info)
 
 
 def describe_request(info: StreamInfo, head: RequestHead, protocol: str) -> None:

@@ -181,52 +181,63 @@ class UpstreamH2Connection(H2Output, asyncio.Protocol):
         touched = self._touched
         streams = self.streams
         for ev in events:
-            t = type(ev)
-            sid = getattr(ev, "stream_id", 0)
-            s = streams.get(sid) if sid else None
-            if t is h2.events.DataReceived:
-                size = ev.flow_controlled_length  # type: ignore[attr-defined]
-                if s is None or s.sink is None:
-                    if size:
-                        self.h2.acknowledge_received_data(size, sid)
-                    continue
-                touched.add(s.sink)
-                if ev.data:  # type: ignore[attr-defined]
-                    s.sink.on_response_data(ev.data)  # type: ignore[attr-defined]
-                if s.paused:
-                    s.unacked += size
-                elif size:
-                    self.h2.acknowledge_received_data(size, sid)
-            elif s is None or s.sink is None:
-                if t is h2.events.WindowUpdated and not sid:
-                    self._pump_all()
-                elif t is h2.events.RemoteSettingsChanged:
-                    changed = ev.changed_settings  # type: ignore[attr-defined]
-                    if h2.settings.SettingCodes.INITIAL_WINDOW_SIZE in changed:
-                        self._pump_all()
-                elif t is h2.events.ConnectionTerminated:
-                    self._on_goaway(ev.last_stream_id, ev.error_code)  # type: ignore[attr-defined]
+            if isinstance(ev, h2.events.DataReceived):
+                self._on_data(ev)
                 continue
-            elif t is h2.events.ResponseReceived:
-                touched.add(s.sink)
-                ended = ev.stream_ended is not None  # type: ignore[attr-defined]
-                s.sink.on_response_head(h2_codec.response_head(ev.headers, ended))  # type: ignore[attr-defined]
-            elif t is h2.events.TrailersReceived:
-                touched.add(s.sink)
-                self._end(s, End(list(ev.headers)))  # type: ignore[attr-defined]
-            elif t is h2.events.StreamEnded:
-                touched.add(s.sink)
+            sid = getattr(ev, "stream_id", 0)
+            if not sid:
+                self._on_connection_event(ev)
+                continue
+            s = streams.get(sid)
+            sink = s.sink if s is not None else None
+            if s is None or sink is None:
+                continue
+            if isinstance(ev, h2.events.ResponseReceived):
+                touched.add(sink)
+                head = h2_codec.response_head(ev.headers, ev.stream_ended is not None)
+                sink.on_response_head(head)
+            elif isinstance(ev, h2.events.TrailersReceived):
+                touched.add(sink)
+                self._end(s, End(list(ev.headers)))
+            elif isinstance(ev, h2.events.StreamEnded):
+                touched.add(sink)
                 self._end(s, END)
-            elif t is h2.events.WindowUpdated:
+            elif isinstance(ev, h2.events.WindowUpdated):
                 self.pump(s)
-            elif t is h2.events.StreamReset:
-                code = ev.error_code  # type: ignore[attr-defined]
+            elif isinstance(ev, h2.events.StreamReset):
+                code = ev.error_code
                 flag = ResponseFlag.UPE if code == h2_codec.PROTOCOL_ERROR else ResponseFlag.UR
                 self._reset(s, flag, refused=code == h2_codec.REFUSED_STREAM)
         for sink in touched:
             sink.on_batch_end()  # (also for streams that ended in this read)
         touched.clear()
         self.schedule_flush()
+
+    def _on_data(self, ev: h2.events.DataReceived) -> None:
+        sid = ev.stream_id
+        size = ev.flow_controlled_length or 0
+        s = self.streams.get(sid) if sid is not None else None
+        sink = s.sink if s is not None else None
+        if s is None or sink is None:
+            if size and sid is not None:
+                self.h2.acknowledge_received_data(size, sid)  # nobody wants it: free the window
+            return
+        self._touched.add(sink)
+        if ev.data:
+            sink.on_response_data(ev.data)
+        if s.paused:
+            s.unacked += size
+        elif size:
+            self.h2.acknowledge_received_data(size, s.id)
+
+    def _on_connection_event(self, ev: h2.events.Event) -> None:
+        if isinstance(ev, h2.events.WindowUpdated):
+            self._pump_all()
+        elif isinstance(ev, h2.events.RemoteSettingsChanged):
+            if h2.settings.SettingCodes.INITIAL_WINDOW_SIZE in ev.changed_settings:
+                self._pump_all()
+        elif isinstance(ev, h2.events.ConnectionTerminated):
+            self._on_goaway(ev.last_stream_id, ev.error_code or 0)
 
     def eof_received(self) -> bool:
         return False
