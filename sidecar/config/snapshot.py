@@ -20,6 +20,32 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
+from sidecar.config.snapshot_routes import (
+    Cors,
+    Fault,
+    HashPolicy,
+    HeaderMatch,
+    HeaderOps,
+    LbPolicy,
+    LocalityPolicy,
+    Mirror,
+    QueryParamMatch,
+    Redirect,
+    Rewrite,
+    Route,
+    RouteConfig,
+    RouteMatch,
+    StringMatcher,
+    VirtualHost,
+    WeightedCluster,
+)
+
+__all__ = [
+    "Cors", "Fault", "HashPolicy", "HeaderMatch", "HeaderOps", "LbPolicy", "LocalityPolicy",
+    "Mirror", "QueryParamMatch", "Redirect", "Rewrite", "Route", "RouteConfig", "RouteMatch",
+    "StringMatcher", "VirtualHost", "WeightedCluster",
+]
+
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 Labels = frozenset[tuple[str, str]]
 
@@ -73,6 +99,7 @@ class Endpoint:
     locality: str = ""  # "region/zone/subzone"
     weight: int = 1
     workload: str = ""  # "Kind/namespace/name" of the Pod or WorkloadEntry, for /clusters
+    healthy: bool = True  # False: not ready (Kubernetes readiness); counted, never chosen
 
     def __hash__(self) -> int:
         # Equal endpoints have equal addresses and ports, so this is consistent with __eq__;
@@ -106,67 +133,14 @@ class Cluster:
     service: str = ""  # FQDN of the Service or ServiceEntry host this cluster serves
     service_namespace: str = ""
     direction: Direction = Direction.OUTBOUND
-
-
-@dataclass(frozen=True, slots=True)
-class HeaderMatch:
-    """Match one request header (name is lower-case); exactly one of the criteria is set."""
-
-    name: str
-    exact: str | None = None
-    prefix: str | None = None
-    regex: str | None = None
-    present: bool | None = None  # True: must be present; False: must be absent
-    invert: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class RouteMatch:
-    """What a request must look like for a route to apply; default matches every request."""
-
-    prefix: str | None = "/"
-    path: str | None = None  # exact path
-    regex: str | None = None  # full-match regex on the path (no query)
-    case_sensitive: bool = True
-    headers: tuple[HeaderMatch, ...] = ()
-
-
-@dataclass(frozen=True, slots=True)
-class WeightedCluster:
-    """One destination of a weighted split."""
-
-    cluster: str
-    weight: int
-
-
-@dataclass(frozen=True, slots=True)
-class Route:
-    """Where a matching request goes, and under what policy."""
-
-    name: str
-    match: RouteMatch
-    cluster: str = ""  # single destination; or
-    weighted_clusters: tuple[WeightedCluster, ...] = ()  # a split (weights sum > 0)
-    timeout: float | None = None  # seconds; None = no route timeout (Istio's default)
-    direct_status: int | None = None  # directResponse / synthetic answer instead of forwarding
-    direct_body: bytes = b""
-
-
-@dataclass(frozen=True, slots=True)
-class VirtualHost:
-    """A set of domains (Host/:authority values) and the ordered routes for them."""
-
-    name: str  # "reviews.default.svc.cluster.local:9080"
-    domains: tuple[str, ...]  # exact names, "*.suffix", "prefix*" or "*"; with and without ":port"
-    routes: tuple[Route, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class RouteConfig:
-    """Virtual hosts for one HTTP listener or outbound port (named like Istio: "9080")."""
-
-    name: str
-    virtual_hosts: tuple[VirtualHost, ...]
+    subset: str = ""  # DestinationRule subset name ("" = the whole service)
+    lb_policy: LbPolicy = LbPolicy.LEAST_REQUEST  # Istio's default
+    hash_policy: HashPolicy | None = None  # RING_HASH / MAGLEV: where the key comes from
+    ring_size: int = 1024  # RING_HASH minimum ring size (Envoy's default)
+    maglev_table_size: int = 65537  # MAGLEV table size (a prime; Envoy's default)
+    locality: LocalityPolicy | None = None  # None: no locality awareness
+    max_connections: int = 0  # connectionPool.tcp.maxConnections; 0 = unlimited
+    max_pending_requests: int = 0  # connectionPool.http.http1MaxPendingRequests; 0 = unlimited
 
 
 # The application protocols Envoy's http_inspector reports for plain-text HTTP.
@@ -178,7 +152,8 @@ class FilterChainMatch:
     """Which connections a filter chain takes; empty fields match anything.
 
     Selection follows Envoy: the most specific destination port first (an exact port beats no
-    port), then the longest destination prefix, then (among the chains sharing that port and
+    port), then the longest destination prefix, then the most specific server name (exact, then
+    the longest wildcard, then none), then (among the chains sharing that port and
     prefix) the transport protocol and the application protocols the listener detected.
     """
 
@@ -186,6 +161,7 @@ class FilterChainMatch:
     prefix_ranges: tuple[IPNetwork, ...] = ()
     transport_protocol: str = ""  # "tls" | "raw_buffer" | "" (any)
     application_protocols: tuple[str, ...] = ()  # "http/1.0", "http/1.1", "h2c", ALPN; () = any
+    server_names: tuple[str, ...] = ()  # TLS SNI: exact names or "*.suffix"; () = any
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,6 +181,7 @@ class TcpProxy:
     cluster: str
     stat_prefix: str
     idle_timeout: float = 3600.0  # seconds; Envoy's tcp_proxy default is 1h
+    weighted_clusters: tuple[WeightedCluster, ...] = ()  # set: a weighted split (overrides cluster)
 
 
 NetworkFilter = HttpConnectionManager | TcpProxy
@@ -254,6 +231,7 @@ class Workload:
     labels: Labels = frozenset()
     service_account: str = "default"
     address: str = ""
+    locality: str = ""  # "region/zone/subzone" (Pod label istio-locality, WorkloadEntry locality)
 
     def label(self, key: str, default: str = "") -> str:
         for k, v in self.labels:

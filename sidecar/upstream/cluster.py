@@ -12,18 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
-import socket
 from collections.abc import Hashable
 from dataclasses import dataclass
 from typing import Protocol
 
 from sidecar.config.snapshot import Cluster, DiscoveryType, Endpoint, Snapshot
+from sidecar.upstream.dns_cluster import refresh_forever, resolve_once
 from sidecar.upstream.lb import RoundRobin
-
-log = logging.getLogger(__name__)
-
-DNS_REFRESH_SECONDS = 5.0  # Envoy's dns_refresh_rate default
 
 
 class Pool(Protocol):
@@ -86,49 +81,21 @@ class ClusterState:
             return Endpoint(address=original_dst[0], port=original_dst[1])
         return self.lb.choose()
 
+    def set_endpoints(self, endpoints: tuple[Endpoint, ...]) -> None:
+        """Install a new endpoint set (DNS refresh): the balancer is rebuilt for it."""
+        if endpoints != self.endpoints:
+            self.endpoints = endpoints
+            self.lb = RoundRobin(endpoints)
+
     def start(self) -> None:
         """Begin background work (DNS resolution) for this cluster; needs a running loop."""
         dns = (DiscoveryType.STRICT_DNS, DiscoveryType.LOGICAL_DNS)
         if self.cluster.discovery in dns and self._dns_task is None:
-            self._dns_task = asyncio.get_running_loop().create_task(self._resolve_forever())
+            self._dns_task = asyncio.get_running_loop().create_task(refresh_forever(self))
 
     async def resolve_now(self) -> None:
-        """Resolve the DNS name once and install the addresses as endpoints."""
-        c = self.cluster
-        loop = asyncio.get_running_loop()
-        try:
-            infos = await loop.getaddrinfo(
-                c.dns_name, c.dns_port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP
-            )
-        except OSError as exc:
-            log.warning("cluster %s: resolving %s failed: %s", c.name, c.dns_name, exc)
-            return
-        addrs: list[str] = []
-        for _family, _type, _proto, _name, sockaddr in infos:
-            addr = str(sockaddr[0])
-            if addr not in addrs:
-                addrs.append(addr)
-        if c.discovery is DiscoveryType.LOGICAL_DNS:
-            addrs = addrs[:1]
-        template = c.endpoints[0] if c.endpoints else Endpoint(address="", port=c.dns_port)
-        eps = tuple(
-            Endpoint(
-                address=a,
-                port=c.dns_port,
-                labels=template.labels,
-                locality=template.locality,
-                workload=c.dns_name,
-            )
-            for a in addrs
-        )
-        if eps != self.endpoints:
-            self.endpoints = eps
-            self.lb = RoundRobin(eps)
-
-    async def _resolve_forever(self) -> None:
-        while True:
-            await self.resolve_now()
-            await asyncio.sleep(DNS_REFRESH_SECONDS)
+        """Resolve the cluster's DNS name(s) once and install the addresses as endpoints."""
+        await resolve_once(self)
 
     def close(self) -> None:
         if self._dns_task is not None:
