@@ -14,9 +14,13 @@ import asyncio
 import contextlib
 from collections.abc import Hashable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from sidecar.config.snapshot import Cluster, DiscoveryType, Endpoint, Snapshot
+
+if TYPE_CHECKING:
+    from sidecar.http.stream import RequestHead
+
 from sidecar.upstream.dns_cluster import refresh_forever, resolve_once
 from sidecar.upstream.lb import RoundRobin
 
@@ -80,6 +84,16 @@ class ClusterState:
                 return None
             return Endpoint(address=original_dst[0], port=original_dst[1])
         return self.lb.choose()
+
+    def choose_hashed(
+        self, head: RequestHead, remote_ip: bytes
+    ) -> tuple[Endpoint | None, bytes | None]:
+        """For clusters with a hash policy: the endpoint for this request's key, and a
+        Set-Cookie value to add to the response when the policy's cookie had to be generated."""
+        return self.lb.choose(), None
+
+    def release(self, endpoint: Endpoint) -> None:
+        """A request or connection `choose`/`choose_hashed` returned `endpoint` for has ended."""
 
     def set_endpoints(self, endpoints: tuple[Endpoint, ...]) -> None:
         """Install a new endpoint set (DNS refresh): the balancer is rebuilt for it."""
