@@ -65,10 +65,11 @@ def _ms(value: str, unit: str) -> float:
 
 
 def run_wrk(url: str, duration: float, connections: int, threads: int,
-            prefix: Sequence[str] = ()) -> LoadResult:
-    """wrk -t threads -c connections -d duration --latency url (after `prefix`, e.g. taskset)."""
+            prefix: Sequence[str] = (), script: Path | None = None) -> LoadResult:
+    """wrk -t threads -c connections -d duration --latency url (after `prefix`, e.g. taskset),
+    with a Lua `script` building the requests when given."""
     command = [*prefix, "wrk", "-t", str(threads), "-c", str(connections), "-d", f"{duration:g}s",
-               "--timeout", "5s", "--latency", url]
+               "--timeout", "5s", "--latency", *(["-s", str(script)] if script else []), url]
     result = LoadResult("wrk", command)
     out = _run(result, duration + MARGIN)
     if not out:

@@ -88,6 +88,11 @@ KINDS: Mapping[str, tuple[frozenset[str], Parser | None]] = {
 }
 
 
+# libyaml's composer (same nodes, same marks) when PyYAML was built with it: ~10x faster on
+# big configs (10,000 services load in seconds instead of a minute).
+_YAML_LOADER: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
 class _Loader:
     """One load: issues and objects accumulated over every file and document."""
 
@@ -101,7 +106,7 @@ class _Loader:
 
     def load_text(self, text: str, filename: str) -> None:
         try:
-            for root in yaml.compose_all(text, Loader=yaml.SafeLoader):
+            for root in yaml.compose_all(text, Loader=_YAML_LOADER):
                 if root is not None:
                     self.document(Node(root, "", Document(filename, self.issues)))
         except yaml.MarkedYAMLError as exc:

@@ -6,6 +6,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+import yaml
 
 from sidecar.config.load import load_paths, load_text
 from sidecar.config.resources import (
@@ -204,7 +205,11 @@ MALFORMED = [
         spec:
           ports: [{port: 80}
         """,
-        [(6, "", "", "YAML syntax error: expected ',' or ']', but got '<stream end>'")],
+        [(6, "", "", "YAML syntax error: " + (
+            "did not find expected ',' or ']'"  # libyaml's wording
+            if yaml.__with_libyaml__
+            else "expected ',' or ']', but got '<stream end>'"
+        ))],
         id="yaml-syntax",
     ),
     pytest.param(
