@@ -19,6 +19,8 @@ import yaml
 
 from sidecar.config import names
 from sidecar.config.nodes import Document, Fields, Node
+from sidecar.config.parse_destination_rule import parse_destination_rule
+from sidecar.config.parse_gateway import parse_gateway
 from sidecar.config.parse_istio import (
     parse_generic,
     parse_service_entry,
@@ -32,6 +34,7 @@ from sidecar.config.parse_k8s import (
     parse_service,
     parse_workload,
 )
+from sidecar.config.parse_virtual_service import parse_virtual_service
 from sidecar.config.resources import (
     MeshConfig,
     ObjectMeta,
@@ -79,9 +82,9 @@ KINDS: Mapping[str, tuple[frozenset[str], Parser | None]] = {
     "WorkloadEntry": (_ISTIO_NET, parse_workload_entry),
     "ServiceEntry": (_ISTIO_NET, parse_service_entry),
     "Sidecar": (_ISTIO_NET, parse_sidecar),
-    "VirtualService": (_ISTIO_NET, None),
-    "DestinationRule": (_ISTIO_NET, None),
-    "Gateway": (_ISTIO_NET, None),
+    "VirtualService": (_ISTIO_NET, parse_virtual_service),
+    "DestinationRule": (_ISTIO_NET, parse_destination_rule),
+    "Gateway": (_ISTIO_NET, parse_gateway),
     "PeerAuthentication": (_ISTIO_SEC, None),
     "AuthorizationPolicy": (_ISTIO_SEC, None),
     "RequestAuthentication": (_ISTIO_SEC, None),

@@ -37,7 +37,6 @@ _SERVICE_SPEC_IRRELEVANT = frozenset(
         "clusterIPs",
         "ipFamilies",
         "ipFamilyPolicy",
-        "loadBalancerIP",
         "loadBalancerSourceRanges",
         "loadBalancerClass",
         "allocateLoadBalancerNodePorts",
@@ -85,9 +84,32 @@ def _service_port(node: Node) -> ServicePort | None:
     return ServicePort(port, target, name, protocol, app_protocol, node_port)
 
 
+def _lb_ingress(status: Node | None) -> tuple[str, ...]:
+    """status.loadBalancer.ingress[].ip (hostname-only entries are a cloud's DNS name: skipped)."""
+    if status is None or (sf := status.fields()) is None:
+        return ()
+    lb = sf.get("loadBalancer")
+    sf.finish(ignore_all=True)  # conditions: nothing for a proxy
+    if lb is None or (lf := lb.fields()) is None:
+        return ()
+    ingress = lf.get("ingress")
+    lf.finish()
+    out: list[str] = []
+    for item in [] if ingress is None else ingress.items():
+        f = item.fields()
+        if f is None:
+            continue
+        ip = f.read("ip", names.ip, "")
+        f.finish(frozenset({"hostname", "ipMode", "ports"}))
+        if ip:
+            out.append(ip)
+    return tuple(out)
+
+
 def parse_service(meta: ObjectMeta, root: Fields) -> Service | None:
     spec_node = root.require("spec")
-    root.finish(frozenset({"status"}))
+    lb_ingress = _lb_ingress(root.get("status"))
+    root.finish()
     if spec_node is None:
         return None
     spec = spec_node.fields()
@@ -127,8 +149,11 @@ def parse_service(meta: ObjectMeta, root: Fields) -> Service | None:
         ports.append(parsed)
     if stype is not ServiceType.EXTERNAL_NAME and cluster_ip != "None" and port_nodes is None:
         spec.require("ports")
+    lb_ip = spec.read("loadBalancerIP", names.ip, "")
     spec.finish(_SERVICE_SPEC_IRRELEVANT | {"sessionAffinity", "sessionAffinityConfig"})
-    return Service(meta, stype, cluster_ip, external_name, selector, tuple(ports))
+    return Service(
+        meta, stype, cluster_ip, external_name, selector, tuple(ports), lb_ip, lb_ingress
+    )
 
 
 def _object_ref(node: Node | None, default_ns: str) -> ObjectReference | None:

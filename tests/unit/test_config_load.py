@@ -347,11 +347,11 @@ def test_unknown_kinds_and_unimplemented_fields_are_warnings_with_paths() -> Non
               - port: 80
                 colour: blue
             ---
-            apiVersion: networking.istio.io/v1
-            kind: VirtualService
-            metadata: {name: vs}
+            apiVersion: security.istio.io/v1
+            kind: PeerAuthentication
+            metadata: {name: pa}
             spec:
-              hosts: [web]
+              mtls: {mode: STRICT}
             """
         ),
         "mesh.yaml",
@@ -361,11 +361,11 @@ def test_unknown_kinds_and_unimplemented_fields_are_warnings_with_paths() -> Non
         (1, "Widget/default/w", "", "unknown kind Widget (apiVersion example.com/v1); ignored"),
         (10, "Service/default/web", "spec.topologyKeys", "field not implemented; ignored"),
         (13, "Service/default/web", "spec.ports[0].colour", "field not implemented; ignored"),
-        (15, "VirtualService/default/vs", "", "kind not implemented yet; ignored"),
+        (15, "PeerAuthentication/default/pa", "", "kind not implemented yet; ignored"),
     ]
-    (vs,) = [g for g in mesh.of(GenericResource) if g.object_kind != "Widget"]
-    assert vs.object_kind == "VirtualService"
-    assert vs.spec == (("hosts", ("web",)),)
+    (pa,) = [g for g in mesh.of(GenericResource) if g.object_kind != "Widget"]
+    assert pa.object_kind == "PeerAuthentication"
+    assert pa.spec == (("mtls", (("mode", "STRICT"),)),)
 
 
 def test_alternative_samples_loaded_together_are_duplicates() -> None:
