@@ -6,6 +6,13 @@ endpoints of each port. Endpoints come from, in order: Endpoints/EndpointSlices 
 else the Pods and WorkloadEntries of its namespace that its selector matches (a named targetPort is
 looked up in the container ports or the WorkloadEntry's ports). The listener and cluster builders
 only ever read this model.
+
+Endpoints that are not ready (Endpoints `notReadyAddresses`, EndpointSlice `conditions.ready:
+false`) are kept with `healthy=False`: the balancer counts them (a locality with none healthy fails
+over) and never picks them. Locality ("region/zone/subzone"): a WorkloadEntry's `locality`; a
+Pod's `istio-locality` label ("region.zone.subzone"), else its topology labels; else the
+EndpointSlice endpoint's zone. A headless Service is ORIGINAL_DST, as Istio makes it: traffic goes
+to the address the client dialled (its endpoints stay listed for the per-address listener chains).
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ from sidecar.config.resources import (
     Endpoints,
     EndpointSlice,
     MeshConfig,
+    ObjectReference,
     Pod,
     Resolution,
     Resource,
@@ -28,7 +36,7 @@ from sidecar.config.resources import (
     WorkloadEntrySpec,
     labels_match,
 )
-from sidecar.config.snapshot import DiscoveryType, Endpoint, Protocol
+from sidecar.config.snapshot import DiscoveryType, Endpoint, Labels, Protocol
 from sidecar.errors import ConfigIssue, Severity
 
 
@@ -110,11 +118,34 @@ class Target:
         )
 
 
+LOCALITY_LABEL = "istio-locality"
+TOPOLOGY_LABELS = (
+    "topology.kubernetes.io/region",
+    "topology.kubernetes.io/zone",
+    "topology.istio.io/subzone",
+)
+
+
+def locality_of(labels: Labels) -> str:
+    """A workload's locality from its labels, as Istio reads it: the `istio-locality` label
+    ("region.zone.subzone", dots because label values cannot hold "/"), else the topology labels
+    ("region/zone/subzone"); "" when none is set."""
+    found = dict(labels)
+    written = found.get(LOCALITY_LABEL, "")
+    if written:
+        return written.replace(".", "/")
+    parts = [found.get(key, "") for key in TOPOLOGY_LABELS]
+    return "/".join(parts) if any(parts) else ""
+
+
 def _targets(mesh: MeshConfig, namespace: str) -> list[Target]:
     out: list[Target] = []
     for pod in mesh.of(Pod):
         if pod.meta.namespace == namespace and pod.pod_ip:
-            spec = WorkloadEntrySpec(pod.pod_ip, (), pod.meta.labels, pod.service_account)
+            labels = pod.meta.labels
+            spec = WorkloadEntrySpec(
+                pod.pod_ip, (), labels, pod.service_account, locality_of(labels)
+            )
             named = tuple((p.name, p.container_port) for p in pod.ports if p.name)
             out.append(Target(pod.pod_ip, spec, named, pod.ref, False))
     for we in mesh.of(WorkloadEntry):
@@ -163,11 +194,11 @@ class RegistryBuilder:
                 ports.append(MeshPort(p.port, p.name, proto, (), svc.external_name, p.port))
             else:
                 ports.append(MeshPort(p.port, p.name, proto, self.k8s_endpoints(svc, p)))
-        discovery = (
-            DiscoveryType.STRICT_DNS
-            if svc.type is ServiceType.EXTERNAL_NAME
-            else DiscoveryType.STATIC
-        )
+        discovery = DiscoveryType.STATIC
+        if svc.type is ServiceType.EXTERNAL_NAME:
+            discovery = DiscoveryType.STRICT_DNS
+        elif svc.headless:
+            discovery = DiscoveryType.ORIGINAL_DST
         vips = (svc.cluster_ip,) if svc.cluster_ip not in ("", "None") else ()
         return MeshService(
             self.fqdn(svc),
@@ -205,7 +236,10 @@ class RegistryBuilder:
     def _ref_template(self, kind: str, ns: str, name: str, ip: str) -> Endpoint:
         pod = self.pods.get((ns, name)) if kind == "Pod" else None
         if pod is not None:
-            return Endpoint(ip, 0, pod.meta.labels, pod.service_account, workload=pod.ref)
+            labels = pod.meta.labels
+            return Endpoint(
+                ip, 0, labels, pod.service_account, locality_of(labels), workload=pod.ref
+            )
         we = self.entries.get((ns, name)) if kind == "WorkloadEntry" else None
         if we is not None:
             s = we.spec
@@ -224,14 +258,9 @@ class RegistryBuilder:
             port = next((p.port for p in subset.ports if self._port_matches(p.name, sp, svc)), None)
             if port is None:
                 continue
-            for a in subset.addresses:
-                ref = a.target_ref
-                tmpl = (
-                    self._ref_template(ref.kind, ref.namespace, ref.name, a.ip)
-                    if ref
-                    else Endpoint(a.ip, 0)
-                )
-                out.append(_with_port(tmpl, port))
+            ready = [(a, True) for a in subset.addresses]
+            for a, healthy in ready + [(a, False) for a in subset.not_ready_addresses]:
+                out.append(self._endpoint(a.target_ref, a.ip, port, healthy))
         return tuple(out)
 
     def from_slices(
@@ -243,19 +272,16 @@ class RegistryBuilder:
             if port is None or s.address_type == "FQDN":
                 continue
             for e in s.endpoints:
-                if not e.ready:
-                    continue
                 for addr in e.addresses:
-                    ref = e.target_ref
-                    tmpl = (
-                        self._ref_template(ref.kind, ref.namespace, ref.name, addr)
-                        if ref
-                        else Endpoint(addr, 0)
-                    )
-                    if e.zone and not tmpl.locality:
-                        tmpl = _with_locality(tmpl, f"/{e.zone}")
-                    out.append(_with_port(tmpl, port))
+                    ep = self._endpoint(e.target_ref, addr, port, e.ready)
+                    if e.zone and not ep.locality:
+                        ep = replace(ep, locality=f"/{e.zone}")
+                    out.append(ep)
         return tuple(out)
+
+    def _endpoint(self, ref: ObjectReference | None, ip: str, port: int, healthy: bool) -> Endpoint:
+        tmpl = self._ref_template(ref.kind, ref.namespace, ref.name, ip) if ref else Endpoint(ip, 0)
+        return replace(tmpl, port=port, healthy=healthy)
 
     # --- ServiceEntries -----------------------------------------------------------------------
 
@@ -274,11 +300,11 @@ class RegistryBuilder:
                 if labels_match(se.workload_selector, t.spec.labels)
             ]
         dns = discovery in (DiscoveryType.STRICT_DNS, DiscoveryType.LOGICAL_DNS)
-        if dns and len(targets) > 1:
+        if discovery is DiscoveryType.LOGICAL_DNS and len(targets) > 1:
             self.notes.warn(
                 se,
                 "spec.endpoints",
-                "only the first endpoint of a DNS ServiceEntry is resolved (not implemented)",
+                "resolution DNS_ROUND_ROBIN uses only the first endpoint (Envoy's LOGICAL_DNS)",
             )
         out: list[MeshService] = []
         for i, host in enumerate(se.hosts):
@@ -319,16 +345,10 @@ class RegistryBuilder:
         if se.resolution is Resolution.NONE:
             return MeshPort(number, name, proto)
         if dns:
+            # Each endpoint's address is a name (or an IP) the DNS cluster resolves; it keeps
+            # the endpoint's port, labels, locality and weight. Without endpoints: the host.
+            # (No dns_name beside endpoints: a subset that keeps none of them resolves nothing.)
             if resolved:
-                t, port = resolved[0]
-                return MeshPort(number, name, proto, (t.endpoint(port),), t.address, port)
+                return MeshPort(number, name, proto, tuple(t.endpoint(p) for t, p in resolved))
             return MeshPort(number, name, proto, (), host, target or number)
         return MeshPort(number, name, proto, tuple(t.endpoint(p) for t, p in resolved))
-
-
-def _with_port(e: Endpoint, port: int) -> Endpoint:
-    return replace(e, port=port)
-
-
-def _with_locality(e: Endpoint, locality: str) -> Endpoint:
-    return replace(e, locality=locality)

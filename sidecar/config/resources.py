@@ -89,6 +89,17 @@ class Service(Resource):
     external_name: str = ""
     selector: Labels = frozenset()
     ports: tuple[ServicePort, ...] = ()
+    load_balancer_ip: str = ""  # spec.loadBalancerIP (deprecated in Kubernetes, still written)
+    load_balancer_ingress: tuple[str, ...] = ()  # status.loadBalancer.ingress[].ip
+
+    @property
+    def lb_addresses(self) -> tuple[str, ...]:
+        """LoadBalancer: the addresses it is reached on (spec IP first, then status ingress)."""
+        if self.type is not ServiceType.LOAD_BALANCER:
+            return ()
+        out = [self.load_balancer_ip] if self.load_balancer_ip else []
+        out += [ip for ip in self.load_balancer_ingress if ip not in out]
+        return tuple(out)
 
     @property
     def headless(self) -> bool:

@@ -220,6 +220,7 @@ class Listener:
     default_filter_chain: FilterChain | None = None  # no chain matched: this, else close
     detection_timeout: float = 0.1  # seconds protocol detection waits for the client's bytes
     tls: TlsContext | None = None  # terminate TLS on every connection (Sidecar ingress tls)
+    freebind: bool = False  # bind even when the address is not (yet) on this host (IP_FREEBIND)
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,8 +4,11 @@ Theory of operation: find the workload this proxy serves (Pod or WorkloadEntry n
 else the Deployment-like whose name prefixes the pod name, as generated pod names do), pick its
 Sidecar resource (`scope`), build the service registry (`registry`), then the outbound side
 (`translate_outbound`) and the inbound side (`translate_inbound`), plus the fixed clusters every
-sidecar has. Objects are read sorted by namespace and name, so file order never changes the
-result; `Snapshot.version` is a short hash of the snapshot's content.
+sidecar has. In router mode (a gateway) there is no capture and no inbound side: the listeners
+are the selected Gateways' servers and the NodePort/LoadBalancer Services (`translate_gateway`),
+and the clusters those of every visible service, as in sidecar mode. Objects are read sorted by
+namespace and name, so file order never changes the result; `Snapshot.version` is a short hash
+of the snapshot's content.
 """
 
 from __future__ import annotations
@@ -14,10 +17,11 @@ import hashlib
 import json
 from dataclasses import replace
 
-from sidecar.bootstrap import Bootstrap
+from sidecar.bootstrap import Bootstrap, Mode
+from sidecar.config import translate_gateway as gateway
 from sidecar.config import translate_inbound as inbound
 from sidecar.config import translate_outbound as outbound
-from sidecar.config.registry import Notes, RegistryBuilder
+from sidecar.config.registry import MeshService, Notes, RegistryBuilder, locality_of
 from sidecar.config.resources import Deployment, MeshConfig, Pod, WorkloadEntry
 from sidecar.config.scope import Scope, select_sidecar
 from sidecar.config.snapshot import (
@@ -33,6 +37,8 @@ from sidecar.config.snapshot import (
     Snapshot,
     Workload,
 )
+from sidecar.config.translate_policy import PolicyIndex
+from sidecar.config.translate_routes import RouteBuilder
 
 
 def find_workload(mesh: MeshConfig, boot: Bootstrap, notes: Notes) -> inbound.WorkloadInfo:
@@ -41,14 +47,15 @@ def find_workload(mesh: MeshConfig, boot: Bootstrap, notes: Notes) -> inbound.Wo
     for pod in mesh.of(Pod):
         if (pod.meta.namespace, pod.meta.name) == (ns, name):
             named = tuple((p.name, p.container_port) for p in pod.ports if p.name)
-            w = Workload(
-                name, ns, pod.meta.labels, pod.service_account, pod.pod_ip or boot.instance_ip
-            )
+            labels = pod.meta.labels
+            ip = pod.pod_ip or boot.instance_ip
+            w = Workload(name, ns, labels, pod.service_account, ip, locality_of(labels))
             return inbound.WorkloadInfo(w, named)
     for we in mesh.of(WorkloadEntry):
         if (we.meta.namespace, we.meta.name) == (ns, name):
             s = we.spec
-            w = Workload(name, ns, s.labels, s.service_account or boot.service_account, s.address)
+            sa = s.service_account or boot.service_account
+            w = Workload(name, ns, s.labels, sa, s.address, s.locality or locality_of(s.labels))
             return inbound.WorkloadInfo(w, s.ports, is_entry=True)
     owners = [
         d
@@ -58,7 +65,8 @@ def find_workload(mesh: MeshConfig, boot: Bootstrap, notes: Notes) -> inbound.Wo
     if owners:
         d = max(owners, key=lambda o: len(o.meta.name))
         named = tuple((p.name, p.container_port) for p in d.ports if p.name)
-        w = Workload(name, ns, d.template_labels, d.service_account, boot.instance_ip)
+        labels = d.template_labels
+        w = Workload(name, ns, labels, d.service_account, boot.instance_ip, locality_of(labels))
         return inbound.WorkloadInfo(w, named)
     if name:
         notes.warn(
@@ -96,6 +104,12 @@ def translate(mesh: MeshConfig, boot: Bootstrap) -> Snapshot:
         else boot.outbound_policy
     )
     services = RegistryBuilder(mesh, boot.cluster_domain, notes).build()
+    dr_index = PolicyIndex(mesh, services, info.workload, boot.cluster_domain, notes)
+    if boot.mode is Mode.ROUTER:
+        return _router(mesh, boot, info.workload, services, notes, dr_index)
+    vs_routes = RouteBuilder(
+        mesh, services, info.workload, scope, boot.cluster_domain, notes, dr_index.subset_cluster
+    )
 
     listeners: list[Listener] = []
     clusters: dict[str, Cluster] = {c.name: c for c in _fixed_clusters(boot)}
@@ -105,13 +119,15 @@ def translate(mesh: MeshConfig, boot: Bootstrap) -> Snapshot:
     captured = outbound.visible_ports(services, scope)
     http_ports: set[int] = set()
     if scope.capture and boot.outbound_port:
-        listeners.append(outbound.virtual_outbound(boot, captured, policy, notes))
+        listeners.append(
+            outbound.virtual_outbound(boot, captured, policy, notes, vs_routes.tcp_routes)
+        )
         for svc, port in captured:
-            clusters[outbound.cluster_name(svc, port)] = outbound.outbound_cluster(svc, port)
+            clusters.update((c.name, c) for c in dr_index.clusters(svc, port))
             if outbound.serves_http(port.protocol):
                 http_ports.add(port.port)
         for p in sorted(http_ports):
-            routes[str(p)] = outbound.route_config(p, captured, scope, policy)
+            routes[str(p)] = vs_routes.http_route_config(p, captured, policy)
     if sidecar is not None:
         for i, entry in enumerate(sidecar.egress):
             if entry.port is None or not entry.bind:
@@ -123,12 +139,10 @@ def translate(mesh: MeshConfig, boot: Bootstrap) -> Snapshot:
             listeners.append(listener)
             for svc, port in pairs:
                 if port.port == entry.port.number:
-                    clusters[outbound.cluster_name(svc, port)] = outbound.outbound_cluster(
-                        svc, port
-                    )
+                    clusters.update((c.name, c) for c in dr_index.clusters(svc, port))
             if isinstance(listener.filter_chains[0].filter, HttpConnectionManager):
-                routes[str(entry.port.number)] = outbound.route_config(
-                    entry.port.number, pairs, scope, policy
+                routes[str(entry.port.number)] = vs_routes.http_route_config(
+                    entry.port.number, pairs, policy, entry
                 )
 
     # Inbound.
@@ -138,7 +152,8 @@ def translate(mesh: MeshConfig, boot: Bootstrap) -> Snapshot:
         else inbound.from_services(mesh, info, notes)
     )
     for ip in ports:
-        clusters[ip.cluster] = inbound.inbound_cluster(ip, boot)
+        base = inbound.inbound_cluster(ip, boot)
+        clusters[ip.cluster] = dr_index.inbound(base, ip.service, ip.service_port)
         if outbound.serves_http(ip.protocol):
             routes[ip.cluster] = inbound.inbound_route_config(ip)
         if ip.bind:
@@ -153,10 +168,41 @@ def translate(mesh: MeshConfig, boot: Bootstrap) -> Snapshot:
     if scope.capture and boot.inbound_port:
         listeners.append(inbound.virtual_inbound(ports, boot))
 
+    return _snapshot(mesh, notes, info.workload, listeners, routes, clusters)
+
+
+def _router(
+    mesh: MeshConfig,
+    boot: Bootstrap,
+    workload: Workload,
+    services: tuple[MeshService, ...],
+    notes: Notes,
+    dr_index: PolicyIndex,
+) -> Snapshot:
+    """A gateway: Gateway servers and node ports; clusters for every visible service."""
+    scope = Scope(workload.namespace, None)  # Sidecar resources do not apply to gateways
+    clusters: dict[str, Cluster] = {c.name: c for c in _fixed_clusters(boot)}
+    for svc, port in outbound.visible_ports(services, scope):
+        clusters.update((c.name, c) for c in dr_index.clusters(svc, port))
+    vs_routes = RouteBuilder(
+        mesh, services, workload, scope, boot.cluster_domain, notes, dr_index.subset_cluster
+    )
+    built = gateway.router_config(mesh, boot, workload, vs_routes, notes)
+    return _snapshot(mesh, notes, workload, built.listeners, built.routes, clusters)
+
+
+def _snapshot(
+    mesh: MeshConfig,
+    notes: Notes,
+    workload: Workload,
+    listeners: list[Listener],
+    routes: dict[str, RouteConfig],
+    clusters: dict[str, Cluster],
+) -> Snapshot:
     warnings = tuple(str(i) for i in (*mesh.warnings, *notes.issues))
     snap = Snapshot(
         version="",
-        workload=info.workload,
+        workload=workload,
         listeners=tuple(listeners),
         route_configs=dict(sorted(routes.items())),
         clusters=dict(sorted(clusters.items())),

@@ -7,7 +7,9 @@ ORIGINAL_DST from source 127.0.0.6 (the connection goes on to pod-ip:PORT, as ip
 or STATIC to the entry's `defaultEndpoint`. The capture listener `virtualInbound` has one chain per
 port (HTTP through route config `inbound|PORT||`, else a TCP relay; an auto port both, chosen by
 protocol detection) and passes everything else to InboundPassthroughCluster. Ingress entries
-with a `bind` or captureMode NONE get their own listener on bind:port instead.
+with a `bind` or captureMode NONE get their own listener on bind:port instead. As in Istio, the
+connectionPool of the DestinationRule for the Service a port serves also limits its inbound
+cluster (`PolicyIndex.inbound`), so the server side has the capacity the clients were given.
 """
 
 from __future__ import annotations
@@ -70,6 +72,8 @@ class InboundPort:
     captured: bool = True  # on virtualInbound
     bind: str = ""  # own listener on bind:port when set
     tls: ServerTls | None = None  # terminate TLS (Sidecar ingress tls; bound listeners)
+    service: str = ""  # the first Service (name, in the workload's namespace) that selects it
+    service_port: int = 0  # that Service's port: DestinationRule portLevelSettings key on it
 
     @property
     def cluster(self) -> str:
@@ -107,7 +111,9 @@ def from_services(mesh: MeshConfig, info: WorkloadInfo, notes: Notes) -> list[In
                 )
                 continue
             proto = port_protocol(sp.app_protocol, sp.name)
-            found.setdefault(port, InboundPort(port, proto))
+            found.setdefault(
+                port, InboundPort(port, proto, service=svc.meta.name, service_port=sp.port)
+            )
     for se in mesh.of(ServiceEntry):
         if (
             se.meta.namespace != w.namespace

@@ -14,7 +14,8 @@ listener.
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING
 
 from sidecar.bootstrap import Bootstrap, OutboundPolicy
 from sidecar.config.protocol import port_protocol
@@ -35,13 +36,17 @@ from sidecar.config.snapshot import (
     Listener,
     Protocol,
     Route,
-    RouteConfig,
     RouteMatch,
     TcpProxy,
     VirtualHost,
 )
 
+if TYPE_CHECKING:
+    from sidecar.config.translate_routes import L4Route
+
 ServicePort = tuple[MeshService, MeshPort]
+ChainKey = tuple[int, tuple[IPNetwork, ...], tuple[str, ...]]  # port, prefixes, server names
+L4Routes = Callable[[MeshService, MeshPort], "list[L4Route]"]
 
 
 def cluster_name(svc: MeshService, port: MeshPort) -> str:
@@ -68,7 +73,9 @@ def outbound_cluster(svc: MeshService, port: MeshPort) -> Cluster:
     )
 
 
-def _domains(svc: MeshService, port: int, proxy_ns: str) -> tuple[str, ...]:
+def domains(svc: MeshService, port: int, proxy_ns: str) -> tuple[str, ...]:
+    """The Host values that reach a service port: its names (short ones for Kubernetes
+    Services, the bare name only from its own namespace) and VIPs, with and without the port."""
     names: list[str] = [svc.hostname]
     if svc.name:  # a Kubernetes Service: the shorter names its clients use
         if svc.namespace == proxy_ns:
@@ -84,26 +91,19 @@ def _domains(svc: MeshService, port: int, proxy_ns: str) -> tuple[str, ...]:
     return tuple(out)
 
 
-def route_config(
-    port: int, pairs: list[ServicePort], scope: Scope, policy: OutboundPolicy
-) -> RouteConfig:
-    """Route config "PORT": one virtual host per HTTP service on the port, then allow_any."""
-    vhosts = [
-        VirtualHost(
-            name=f"{svc.hostname}:{port}",
-            domains=_domains(svc, port, scope.namespace),
-            routes=(Route("default", RouteMatch(prefix="/"), cluster=cluster_name(svc, p)),),
-        )
-        for svc, p in pairs
-        if p.port == port and serves_http(p.protocol)
-    ]
-    if policy is OutboundPolicy.ALLOW_ANY:
-        vhosts.append(
-            VirtualHost(
-                "allow_any", ("*",), (Route("allow_any", RouteMatch(), PASSTHROUGH_CLUSTER),)
-            )
-        )
-    return RouteConfig(str(port), tuple(vhosts))
+def default_vhost(svc: MeshService, port: int, proxy_ns: str) -> VirtualHost:
+    """A service without a VirtualService: every request to its cluster on this port."""
+    cluster = f"outbound|{port}||{svc.hostname}"
+    return VirtualHost(
+        f"{svc.hostname}:{port}",
+        domains(svc, port, proxy_ns),
+        (Route("default", RouteMatch(prefix="/"), cluster=cluster),),
+    )
+
+
+ALLOW_ANY_VHOST = VirtualHost(
+    "allow_any", ("*",), (Route("allow_any", RouteMatch(), PASSTHROUGH_CLUSTER),)
+)
 
 
 def serves_http(protocol: Protocol) -> bool:
@@ -151,18 +151,22 @@ def auto_chains(
     )
 
 
-def outbound_chains(pairs: list[ServicePort], notes: Notes) -> list[FilterChain]:
+def outbound_chains(
+    pairs: list[ServicePort], notes: Notes, l4_routes: L4Routes | None = None
+) -> list[FilterChain]:
     """virtualOutbound's filter chains for the visible service ports.
 
     An auto (UNSUPPORTED) port gets `auto_chains` on the same (port, prefixes): connections
     detected as HTTP go to an HCM routing through the port's route config, the rest to the TCP
     relay. The HTTP chain carries the TCP one's prefixes (VIPs) so that the longest-prefix step
-    cannot split them before the protocol is looked at.
+    cannot split them before the protocol is looked at. `l4_routes` gives a non-HTTP port's
+    VirtualService tcp/tls routes: a catch-all one replaces the service's relay, TLS ones get a
+    chain per route matching their SNI names, destinationSubnets ones a chain on those subnets.
     """
-    chains: dict[tuple[int, tuple[IPNetwork, ...]], tuple[FilterChain, ...]] = {}
+    chains: dict[ChainKey, tuple[FilterChain, ...]] = {}
     for svc, p in pairs:
         if p.protocol.is_http:
-            key: tuple[int, tuple[IPNetwork, ...]] = (p.port, ())
+            key: ChainKey = (p.port, (), ())
             taken = chains.get(key)
             if taken and isinstance(taken[0].filter, HttpConnectionManager):
                 continue
@@ -172,8 +176,20 @@ def outbound_chains(pairs: list[ServicePort], notes: Notes) -> list[FilterChain]
         prefixes = _prefixes(svc, p)
         if prefixes is None:
             continue
-        key = (p.port, prefixes)
         name = cluster_name(svc, p)
+        label = f"{_label(prefixes)}_{p.port}"
+        routes = l4_routes(svc, p) if l4_routes is not None else []
+        tcp = TcpProxy(name, name)
+        for r in routes:
+            if r.catch_all:
+                tcp = r.proxy
+                continue
+            nets = prefixes if r.prefixes is None else r.prefixes
+            sni = r.server_names
+            match = FilterChainMatch(p.port, nets, "tls" if sni else "", (), sni)
+            chain_name = f"{_label(nets)}_{p.port}" + (f"_{','.join(sni)}" if sni else "")
+            chains.setdefault((p.port, nets, sni), (FilterChain(chain_name, match, r.proxy),))
+        key = (p.port, prefixes, ())
         if key in chains:
             notes.warn(
                 None,
@@ -182,15 +198,17 @@ def outbound_chains(pairs: list[ServicePort], notes: Notes) -> list[FilterChain]
                 f"{min(c.name for c in chains[key])}; not reachable through capture",
             )
             continue
-        label = f"{','.join(str(n) for n in prefixes) or '0.0.0.0'}_{p.port}"
-        tcp = TcpProxy(name, name)
         if p.protocol is Protocol.UNSUPPORTED:
             hcm = _outbound_hcm(pairs, p.port)
             chains[key] = auto_chains(label, p.port, prefixes, hcm, tcp)
         else:
             chains[key] = (FilterChain(label, FilterChainMatch(p.port, prefixes), tcp),)
-    ordered = sorted(chains, key=lambda k: (k[0], [str(n) for n in k[1]]))
+    ordered = sorted(chains, key=lambda k: (k[0], [str(n) for n in k[1]], k[2]))
     return [c for k in ordered for c in chains[k]]
+
+
+def _label(prefixes: tuple[IPNetwork, ...]) -> str:
+    return ",".join(str(n) for n in prefixes) or "0.0.0.0"
 
 
 def _outbound_hcm(pairs: list[ServicePort], port: int) -> HttpConnectionManager:
@@ -203,7 +221,11 @@ def default_chain(policy: OutboundPolicy) -> FilterChain:
 
 
 def virtual_outbound(
-    boot: Bootstrap, pairs: list[ServicePort], policy: OutboundPolicy, notes: Notes
+    boot: Bootstrap,
+    pairs: list[ServicePort],
+    policy: OutboundPolicy,
+    notes: Notes,
+    l4_routes: L4Routes | None = None,
 ) -> Listener:
     return Listener(
         name=VIRTUAL_OUTBOUND,
@@ -211,7 +233,7 @@ def virtual_outbound(
         port=boot.outbound_port,
         direction=Direction.OUTBOUND,
         use_original_dst=True,
-        filter_chains=tuple(outbound_chains(pairs, notes)),
+        filter_chains=tuple(outbound_chains(pairs, notes, l4_routes)),
         default_filter_chain=default_chain(policy),
         detection_timeout=boot.protocol_detection_timeout,
     )

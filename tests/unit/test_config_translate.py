@@ -185,9 +185,10 @@ def test_tcp_headless_and_external_name_services() -> None:
     db_chain = chain(out, 5432)
     assert db_chain.match.prefix_ranges == (ipaddress.ip_network("10.96.0.20/32"),)
     assert db_chain.filter == TcpProxy(db.name, db.name)
+    # Headless: ORIGINAL_DST (the client dialled the endpoint), a chain per endpoint address.
     cache = s.clusters["outbound|6379||cache.shop.svc.cluster.local"]
-    assert [(e.address, e.locality) for e in cache.endpoints] == [("10.1.0.8", "/z1")]
-    assert chain(out, 6379).match.prefix_ranges == (ipaddress.ip_network("10.1.0.8/32"),)
+    assert (cache.discovery, cache.endpoints) == (DiscoveryType.ORIGINAL_DST, ())
+    assert ipaddress.ip_network("10.1.0.8/32") in chain(out, 6379).match.prefix_ranges
     legacy = s.clusters["outbound|3306||legacy.shop.svc.cluster.local"]
     assert legacy.discovery is DiscoveryType.STRICT_DNS
     assert (legacy.dns_name, legacy.dns_port) == ("db.example.com", 3306)
