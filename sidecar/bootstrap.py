@@ -19,6 +19,7 @@ from typing import Any
 import yaml
 
 from sidecar.errors import BootstrapError
+from sidecar.upstream.dns_conf import parse_server
 
 
 class Mode(enum.Enum):
@@ -77,6 +78,9 @@ class Bootstrap:
     # Protocol detection on auto ports waits this long for the client's first bytes before
     # treating the connection as TCP (server-first protocols); 0 = wait for ever. Istio: 100ms.
     protocol_detection_timeout: float = 0.1
+    # Nameservers for DNS clusters, "ip" or "ip:port"; empty = those of /etc/resolv.conf
+    # (whose search, ndots, timeout and attempts options apply either way).
+    dns_resolvers: tuple[str, ...] = ()
     # Observability.
     log_level: str = "info"
     access_log: str = "/dev/stdout"  # path, or "" for off
@@ -202,6 +206,8 @@ def _check(boot: Bootstrap) -> None:
         raise BootstrapError(
             f"protocol_detection_timeout: {boot.protocol_detection_timeout}: must be >= 0"
         )
+    for server in boot.dns_resolvers:
+        parse_server(server)  # raises BootstrapError
     if boot.access_log_format not in ("text", "json"):
         raise BootstrapError(f"access_log_format: {boot.access_log_format!r}: text or json")
 

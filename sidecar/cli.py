@@ -62,6 +62,10 @@ def _add_run(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="unknown destinations: ALLOW_ANY passes them through, REGISTRY_ONLY refuses them",
     )
     p.add_argument("--ipv6", action="store_true", default=None, help="also capture IPv6")
+    p.add_argument(
+        "--dns-resolver", dest="dns_resolvers", action="append", default=None, metavar="IP[:PORT]",
+        help="nameserver for DNS clusters (repeatable); default: those of /etc/resolv.conf",
+    )
     p.add_argument("--no-watch", dest="watch_config", action="store_false", default=None,
                    help="do not reload when config files change")
     p.set_defaults(func=_run)
@@ -89,6 +93,7 @@ def _run(args: argparse.Namespace) -> int:
         OutboundPolicy(args.outbound_policy) if args.outbound_policy else None
     )
     overrides["ipv6"] = args.ipv6
+    overrides["dns_resolvers"] = tuple(args.dns_resolvers) if args.dns_resolvers else None
     overrides["watch_config"] = args.watch_config
     boot = build(overrides)
     _setup_logging(boot.log_level)

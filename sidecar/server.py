@@ -22,6 +22,7 @@ import contextlib
 import logging
 import os
 import signal
+import socket
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -37,10 +38,29 @@ from sidecar.listener.tls import server_context
 from sidecar.observability.access_log import make_access_logger
 from sidecar.runtime import Runtime
 from sidecar.upstream.cluster import ClusterManager
+from sidecar.upstream.dns import Resolver
+
+IP_FREEBIND = getattr(socket, "IP_FREEBIND", 15)  # Linux <netinet/in.h>
 
 log = logging.getLogger(__name__)
 
 ListenerKey = tuple[str, int]
+
+
+def freebind_socket(address: str, port: int) -> socket.socket:
+    """A listening-ready TCP socket bound with IP_FREEBIND: the address need not be local yet
+    (Envoy's listener `freebind`), as a load balancer's address routed to this node is not."""
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_IP, IP_FREEBIND, 1)
+        sock.bind((address, port))
+    except OSError:
+        sock.close()
+        raise
+    sock.setblocking(False)
+    return sock
 
 
 class StartupError(SidecarError):
@@ -73,7 +93,9 @@ class ProxyServer:
     def __init__(self, bootstrap: Bootstrap) -> None:
         self.bootstrap = bootstrap
         self.started_at = time.time()
-        self.cluster_manager = ClusterManager()
+        self.cluster_manager = ClusterManager(
+            Resolver.from_servers(bootstrap.dns_resolvers, ipv6=bootstrap.ipv6)
+        )
         self.access_logger = make_access_logger(bootstrap.access_log, bootstrap.access_log_format)
         self.runtime = Runtime(bootstrap, self.cluster_manager, self.access_logger)
         self._snapshot: Snapshot | None = None
@@ -188,13 +210,20 @@ class ProxyServer:
         host: str | list[str] = listener.address
         if listener.use_original_dst and self.bootstrap.ipv6 and listener.address == "0.0.0.0":
             host = ["0.0.0.0", "::"]
+        ssl = server_context(listener.tls) if listener.tls is not None else None
+        if listener.freebind:
+            sock = freebind_socket(listener.address, listener.port)
+            handle.server = await loop.create_server(
+                acceptor(self.runtime, handle), sock=sock, backlog=1024, ssl=ssl
+            )
+            return
         handle.server = await loop.create_server(
             acceptor(self.runtime, handle),
             host=host,
             port=listener.port,
             reuse_address=True,
             backlog=1024,
-            ssl=server_context(listener.tls) if listener.tls is not None else None,
+            ssl=ssl,
         )
 
     def _adopt(self, snapshot: Snapshot) -> None:

@@ -16,13 +16,23 @@ from collections.abc import Hashable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
-from sidecar.config.snapshot import Cluster, DiscoveryType, Endpoint, Snapshot
+from sidecar.config.snapshot import (
+    Cluster,
+    DiscoveryType,
+    Endpoint,
+    LbPolicy,
+    Snapshot,
+    Workload,
+)
 
 if TYPE_CHECKING:
     from sidecar.http.stream import RequestHead
 
+from sidecar.upstream.dns import Resolver
 from sidecar.upstream.dns_cluster import refresh_forever, resolve_once
-from sidecar.upstream.lb import RoundRobin
+from sidecar.upstream.hash_key import request_key
+from sidecar.upstream.lb import new_rng
+from sidecar.upstream.locality import build_balancer
 
 
 class Pool(Protocol):
@@ -45,6 +55,7 @@ class ClusterCounters:
     upstream_rq_timeout: int = 0
     upstream_rq_retry: int = 0
     upstream_rq_pending_overflow: int = 0
+    upstream_rq_tx_reset: int = 0  # requests reset locally (a mirror copy that fell behind)
     upstream_rq_2xx: int = 0
     upstream_rq_3xx: int = 0
     upstream_rq_4xx: int = 0
@@ -54,24 +65,36 @@ class ClusterCounters:
 
 
 class ClusterState:
-    """A cluster's run-time state: endpoints as currently known, balancer, pools, counters."""
+    """A cluster's run-time state: endpoints as currently known, balancer, pools, counters.
+
+    `choose`/`choose_hashed` pick an endpoint and count it active; `release` ends that count
+    (LEAST_REQUEST reads it). The balancer (locality.py) is rebuilt when the endpoints change.
+    """
 
     __slots__ = (
+        "_active",
+        "_counting",
         "_dns_task",
         "_original_dst",
+        "_rng",
         "cluster",
         "counters",
         "endpoints",
         "in_flight",
         "lb",
         "pools",
+        "workload",
     )
 
-    def __init__(self, cluster: Cluster) -> None:
+    def __init__(self, cluster: Cluster, workload: Workload | None = None) -> None:
         self.cluster = cluster
+        self.workload = workload  # the proxy's own workload: its locality ranks the endpoints
         self._original_dst = cluster.discovery is DiscoveryType.ORIGINAL_DST
+        self._rng = new_rng()
+        self._active: dict[Endpoint, int] = {}  # active requests/connections per endpoint
+        self._counting = cluster.lb_policy is LbPolicy.LEAST_REQUEST
         self.endpoints: tuple[Endpoint, ...] = cluster.endpoints
-        self.lb = RoundRobin(self.endpoints)
+        self.lb = build_balancer(cluster, self.endpoints, workload, self._active, self._rng)
         self.pools: dict[Hashable, Pool] = {}
         self.counters = ClusterCounters()
         self.in_flight = 0  # requests routed here and not finished (the max_requests breaker)
@@ -83,33 +106,60 @@ class ClusterState:
             if original_dst is None:
                 return None
             return Endpoint(address=original_dst[0], port=original_dst[1])
-        return self.lb.choose()
+        ep = self.lb.pick(None)
+        if ep is not None and self._counting:
+            active = self._active
+            active[ep] = active.get(ep, 0) + 1
+        return ep
 
     def choose_hashed(
         self, head: RequestHead, remote_ip: bytes
     ) -> tuple[Endpoint | None, bytes | None]:
         """For clusters with a hash policy: the endpoint for this request's key, and a
         Set-Cookie value to add to the response when the policy's cookie had to be generated."""
-        return self.lb.choose(), None
+        policy = self.cluster.hash_policy
+        if policy is None or self._original_dst:
+            return self.choose(None), None
+        key, cookie = request_key(policy, head, remote_ip)
+        ep = self.lb.pick(key)
+        if ep is not None and self._counting:
+            active = self._active
+            active[ep] = active.get(ep, 0) + 1
+        return ep, cookie
 
     def release(self, endpoint: Endpoint) -> None:
         """A request or connection `choose`/`choose_hashed` returned `endpoint` for has ended."""
+        if self._counting:
+            active = self._active
+            n = active.get(endpoint, 0)
+            if n > 1:
+                active[endpoint] = n - 1
+            elif n == 1:
+                del active[endpoint]
+
+    def active_requests(self, endpoint: Endpoint) -> int:
+        """Requests/connections to `endpoint` chosen and not yet released (LEAST_REQUEST)."""
+        return self._active.get(endpoint, 0)
 
     def set_endpoints(self, endpoints: tuple[Endpoint, ...]) -> None:
         """Install a new endpoint set (DNS refresh): the balancer is rebuilt for it."""
         if endpoints != self.endpoints:
             self.endpoints = endpoints
-            self.lb = RoundRobin(endpoints)
+            self.lb = build_balancer(
+                self.cluster, endpoints, self.workload, self._active, self._rng
+            )
 
-    def start(self) -> None:
+    def start(self, resolver: Resolver) -> None:
         """Begin background work (DNS resolution) for this cluster; needs a running loop."""
         dns = (DiscoveryType.STRICT_DNS, DiscoveryType.LOGICAL_DNS)
         if self.cluster.discovery in dns and self._dns_task is None:
-            self._dns_task = asyncio.get_running_loop().create_task(refresh_forever(self))
+            self._dns_task = asyncio.get_running_loop().create_task(
+                refresh_forever(self, resolver)
+            )
 
-    async def resolve_now(self) -> None:
+    async def resolve_now(self, resolver: Resolver) -> None:
         """Resolve the cluster's DNS name(s) once and install the addresses as endpoints."""
-        await resolve_once(self)
+        await resolve_once(self, resolver)
 
     def close(self) -> None:
         if self._dns_task is not None:
@@ -123,10 +173,11 @@ class ClusterState:
 class ClusterManager:
     """Cluster states for the current snapshot, updated in place on reload."""
 
-    __slots__ = ("_states",)
+    __slots__ = ("_states", "resolver")
 
-    def __init__(self) -> None:
+    def __init__(self, resolver: Resolver | None = None) -> None:
         self._states: dict[str, ClusterState] = {}
+        self.resolver = resolver if resolver is not None else Resolver()
 
     def get(self, name: str) -> ClusterState | None:
         return self._states.get(name)
@@ -135,14 +186,15 @@ class ClusterManager:
         return list(self._states.values())
 
     def update(self, snapshot: Snapshot) -> None:
-        """Adopt the snapshot's clusters: keep unchanged ones, rebuild changed, drop removed."""
+        """Adopt the snapshot's clusters: keep unchanged ones, rebuild changed, drop removed.
+        The proxy's workload is part of a cluster's state (its locality ranks endpoints)."""
         new: dict[str, ClusterState] = {}
         for name, cluster in snapshot.clusters.items():
             old = self._states.get(name)
-            if old is not None and old.cluster == cluster:
+            if old is not None and old.cluster == cluster and old.workload == snapshot.workload:
                 new[name] = old
             else:
-                state = ClusterState(cluster)
+                state = ClusterState(cluster, snapshot.workload)
                 if old is not None:
                     state.counters = old.counters
                 new[name] = state
@@ -156,9 +208,10 @@ class ClusterManager:
 
     def start(self) -> None:
         for state in self._states.values():
-            state.start()
+            state.start(self.resolver)
 
     def close(self) -> None:
         for state in self._states.values():
             state.close()
         self._states.clear()
+        self.resolver.close()
