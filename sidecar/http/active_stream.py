@@ -13,6 +13,13 @@ paused). The exchange completes when both the request and the response have ende
 upstream connection goes back to its pool if both sides kept it clean, the StreamInfo is logged,
 and the connection manager moves on to the next (pipelined) request.
 
+Route policies run in `start` in Envoy's filter order (route_actions.py, cors.py, fault.py): CORS
+(preflights answered here; allowed origins noted for the response), fault delay (the request
+waits on a timer, its body buffered) and abort, redirect, direct response, then forwarding: the
+weighted destination, forwarding headers, header edits and rewrite, the endpoint (hashed when
+the cluster has a hash policy; released once when the stream ends), mirrors (mirror.py). Routes
+without policies skip all of it with one test.
+
 Failures become Envoy's local replies with response flags, in one place (`fail`): before the
 response head was sent, a synthetic response (404 NR, 503 NC/UH/UF/UC, 502 UPE, 504 UT); after, a
 reset of the downstream connection. The route timeout runs from the end of the request to the end
@@ -24,10 +31,13 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING, Protocol
 
-from sidecar.http import grpc, local_reply
+from sidecar.http import cors, grpc, local_reply
+from sidecar.http.fault import ABORT_BODY, FaultPolicy
 from sidecar.http.headers import apply_forwarding
+from sidecar.http.mirror import MirrorSet, start_mirrors
+from sidecar.http.route_actions import CompiledOps, RouteActions, edit_response, redirect_location
 from sidecar.http.router import CompiledRoute, RouteTable
-from sidecar.http.stream import END, End, RequestHead, ResponseHead, UpstreamRequest
+from sidecar.http.stream import END, End, Headers, RequestHead, ResponseHead, UpstreamRequest
 from sidecar.http.stream_info import finish_request
 from sidecar.outcome import ResponseFlag
 from sidecar.runtime import Downstream, Runtime, StreamInfo
@@ -37,6 +47,7 @@ from sidecar.upstream.http1_pool import Http1Pool
 from sidecar.upstream.pools import http_pool, upstream_http2
 
 if TYPE_CHECKING:
+    from sidecar.config.snapshot import Endpoint, Mirror
     from sidecar.upstream.cluster import ClusterState
 
 PENDING_LIMIT = 64 * 1024  # request body buffered while the upstream connection is being made
@@ -59,7 +70,8 @@ class DownstreamConn(Protocol):
     def send_continue(self) -> None: ...
     def flush(self) -> None: ...
     def schedule_flush(self) -> None: ...
-    def send_local_reply(self, stream: ActiveStream, status: int, body: bytes) -> None: ...
+    def send_local_reply(self, stream: ActiveStream, status: int, body: bytes,
+                         headers: Headers | None = None) -> None: ...
     def reset(self) -> None: ...
     def pause_reading(self, reason: int) -> None: ...
     def resume_reading(self, reason: int) -> None: ...
@@ -78,10 +90,14 @@ class ActiveStream:
         "attached",
         "conn",
         "done",
+        "endpoint",
         "head",
         "info",
+        "mirrors",
         "pool",
         "request_done",
+        "resp_extra",
+        "resp_ops",
         "response_done",
         "response_started",
         "retried",
@@ -98,6 +114,10 @@ class ActiveStream:
         self.info = info
         self.route: CompiledRoute | None = None
         self.state: ClusterState | None = None
+        self.endpoint: Endpoint | None = None  # released to the balancer once, at the end
+        self.mirrors: MirrorSet | None = None
+        self.resp_ops: tuple[CompiledOps | None, ...] | None = None  # response header edits
+        self.resp_extra: Headers | None = None  # CORS, set-cookie: added to the response
         self.pool: Http1Pool | Http2Pool | None = None
         self.upstream: UpstreamRequest | None = None
         self._pending: list[bytes | End] | None = None  # set while connecting
@@ -117,7 +137,6 @@ class ActiveStream:
     def start(self) -> None:
         head = self.head
         conn = self.conn
-        info = self.info
         if head.expect_continue:
             conn.send_continue()
         table = conn.table
@@ -127,13 +146,87 @@ class ActiveStream:
             return
         self.route = r
         route = r.route
-        info.route_name = route.name
-        if route.direct_status is not None:
+        self.info.route_name = route.name
+        acts = r.actions
+        if acts is not None:
+            self._filters(r, acts)
+        elif route.direct_status is not None:
             self._local(route.direct_status, route.direct_body)
+        else:
+            self._forward(r, None)  # the connection manager flushes once the events are in
+
+    def _filters(self, r: CompiledRoute, acts: RouteActions) -> None:
+        """CORS, then fault delay (Envoy's filter order); then the route's action."""
+        policy = acts.cors
+        if policy is not None:
+            kind, extra = policy.decide(self.head)
+            if kind == cors.ANSWER:
+                self._local(200, b"", extra)
+                return
+            self.resp_extra = extra
+        fault = acts.fault
+        if fault is not None:
+            delay = fault.delay()
+            if delay is not None:
+                self.info.response_flags |= ResponseFlag.DI
+                self._pending = []  # the request body waits (bounded, then reading pauses)
+                self._timer = asyncio.get_running_loop().call_later(delay, self._delay_over)
+                return
+        self._act(r, acts)
+
+    def _delay_over(self) -> None:
+        self._timer = None
+        r = self.route
+        if self.done or r is None or r.actions is None:
             return
+        self._act(r, r.actions)
+        timeout = r.route.timeout
+        if self.state is not None and not self.response_done and self.request_done and timeout \
+                and self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(timeout, self._on_timeout)
+        self.flush()
+
+    def _act(self, r: CompiledRoute, acts: RouteActions) -> None:
+        """Fault abort, redirect, direct response, or forwarding."""
+        route = r.route
+        fault = acts.fault
+        if fault is not None and fault.abort():
+            self._abort(fault)
+            return
+        rd = route.redirect
+        if rd is not None:
+            location = redirect_location(self.head, rd, self.conn.downstream.local[1])
+            self._local(rd.code, b"", self._route_headers(acts, [(b"location", location)]))
+        elif route.direct_status is not None:
+            self._local(route.direct_status, route.direct_body, self._route_headers(acts, []))
+        else:
+            self._forward(r, acts)
+
+    @staticmethod
+    def _route_headers(acts: RouteActions, headers: Headers) -> Headers:
+        ops = acts.response_ops
+        return ops.edit_response(headers) if ops is not None else headers
+
+    def _abort(self, fault: FaultPolicy) -> None:
+        self.info.response_flags |= ResponseFlag.FI
+        code = fault.grpc_status
+        if code is not None:
+            self.info.grpc_status = code
+            self._local(200, b"", grpc.local_reply_headers(code, ABORT_BODY))
+        else:
+            self._local(fault.http_status or 500, ABORT_BODY)
+
+    def _forward(self, r: CompiledRoute, acts: RouteActions | None) -> None:
+        """Pick the destination, edit the head, choose the endpoint, send upstream."""
+        head = self.head
+        conn = self.conn
+        info = self.info
+        route = r.route
         name = r.fixed_cluster
+        dest = None
         if name is None:
-            name = r.cluster()
+            dest = r.destination()
+            name = dest.cluster if dest is not None else ""
         info.upstream_cluster = name
         state = conn.runtime.cluster_manager.get(name)
         if state is None:
@@ -146,21 +239,45 @@ class ActiveStream:
             return
         self.state = state
         state.in_flight += 1
-        ds = conn.downstream
-        endpoint = state.choose(ds.original_dst or ds.local)
+        if head.forwarded_proto is None:
+            head.forwarded_proto = head.scheme
+        apply_forwarding(head, conn.remote_ip)
+        if acts is not None:
+            dest_ops = acts.edit_request(head, dest, r.matched_prefix_len)
+            if dest_ops is not None or acts.response_ops is not None:
+                self.resp_ops = (dest_ops, acts.response_ops)
+        if cluster.hash_policy is None:
+            ds = conn.downstream
+            endpoint = state.choose(ds.original_dst or ds.local)
+        else:
+            endpoint, cookie = state.choose_hashed(head, conn.remote_ip)
+            if cookie is not None:
+                self.resp_extra = [*(self.resp_extra or ()), (b"set-cookie", cookie)]
         if endpoint is None:
             self.fail(ResponseFlag.UH)
             return
+        self.endpoint = endpoint
         pool = http_pool(state, endpoint, head.upgrade is None and upstream_http2(cluster, head))
         self.pool = pool
         info.upstream_host = pool.host
-        apply_forwarding(head, conn.remote_ip)
+        if route.mirrors:
+            self._start_mirrors(route.mirrors, route.timeout)
         if head.grpc:
             self._arm_deadline(route.timeout)
         rid = head.request_id
         if rid is not None:
             info.request_id = rid.decode("latin-1")
-        self._dispatch(pool)  # the connection manager flushes once the request's events are in
+        self._dispatch(pool)
+
+    def _start_mirrors(self, mirrors: tuple[Mirror, ...], timeout: float | None) -> None:
+        m = start_mirrors(self.conn.runtime, self.head, mirrors, self.conn.remote_ip, timeout)
+        self.mirrors = m
+        if m is not None and self._pending:  # body that arrived during a fault delay
+            for ev in self._pending:
+                if type(ev) is bytes:
+                    m.data(ev)
+                else:
+                    m.end(ev)  # type: ignore[arg-type]
 
     def _dispatch(self, pool: Http1Pool | Http2Pool) -> UpstreamRequest | None:
         """Attach an idle upstream (returned; the caller flushes) or start connecting one."""
@@ -225,6 +342,8 @@ class ActiveStream:
 
     def on_request_data(self, data: bytes) -> None:
         self.info.bytes_received += len(data)
+        if self.mirrors is not None:
+            self.mirrors.data(data)
         up = self.upstream
         if up is not None:
             up.send_data(data)
@@ -238,6 +357,8 @@ class ActiveStream:
 
     def on_request_end(self, end: End) -> None:
         self.request_done = True
+        if self.mirrors is not None:
+            self.mirrors.end(end)
         up = self.upstream
         if up is not None:
             up.send_end(end)  # flushed by the connection manager after this read's events
@@ -271,6 +392,8 @@ class ActiveStream:
         if self.done:
             return
         self._drop_upstream()
+        if self.mirrors is not None and not self.request_done:
+            self.mirrors.abort()
         if error_status is not None:
             self.info.response_flags |= ResponseFlag.DPE
             if not self.response_started:
@@ -291,6 +414,8 @@ class ActiveStream:
 
     def on_response_head(self, head: ResponseHead) -> None:
         self.response_started = True
+        if self.resp_ops is not None or self.resp_extra is not None:
+            edit_response(head, self.resp_ops or (), self.resp_extra)
         self.info.response_code = head.status
         if self.head.grpc:
             self.info.grpc_status = grpc.status_of(head.headers)  # trailers-only responses
@@ -381,12 +506,14 @@ class ActiveStream:
         status, body = local_reply.for_flag(flag)
         self._local(status, body)
 
-    def _local(self, status: int, body: bytes) -> None:
+    def _local(self, status: int, body: bytes, headers: Headers | None = None) -> None:
         self.response_started = self.response_done = True
         self.info.response_code = 200 if self.head.grpc else status  # gRPC: status in trailers
         if self.head.method != b"HEAD":
             self.info.bytes_sent = len(body)
-        self.conn.send_local_reply(self, status, body)  # closes after if the request is unread
+        if self.resp_extra:  # CORS headers go on local replies too
+            headers = [*(headers or ()), *self.resp_extra]
+        self.conn.send_local_reply(self, status, body, headers)  # closes if the request is unread
         # Failures also arrive outside any read (connect failure, upstream reset, timeout), when
         # nothing else would flush: schedule it here, or a keep-alive client waits forever.
         self.conn.schedule_flush()
@@ -430,6 +557,10 @@ class ActiveStream:
         state = self.state
         if state is not None:
             state.in_flight -= 1
+            endpoint = self.endpoint
+            if endpoint is not None:
+                self.endpoint = None
+                state.release(endpoint)
         if state is not None and self.attached:
             c = state.counters
             if not self.upgrading:

@@ -40,7 +40,7 @@ from sidecar.http.active_stream import ActiveStream
 from sidecar.http.coalesce import CoalescedWrites
 from sidecar.http.h1 import H1ServerCodec
 from sidecar.http.h1_encode import chunk, encode_response_head, last_chunk
-from sidecar.http.stream import End, RequestEvent, RequestHead, ResponseHead
+from sidecar.http.stream import End, Headers, RequestEvent, RequestHead, ResponseHead
 from sidecar.http.stream_info import HttpConnectionBase, describe_request, finish_request
 from sidecar.outcome import ResponseFlag
 from sidecar.runtime import Downstream, Runtime
@@ -83,6 +83,7 @@ class HttpConnectionManagerProtocol(HttpConnectionBase, CoalescedWrites, asyncio
         self._out_bytes = 0  # body bytes in _out
         self._flush_pending = False
         self._loop = asyncio.get_running_loop()
+        self._https = downstream.listener.tls is not None  # RequestHead.scheme
 
     # asyncio callbacks ---------------------------------------------------------------------
 
@@ -226,6 +227,8 @@ class HttpConnectionManagerProtocol(HttpConnectionBase, CoalescedWrites, asyncio
     def _start(self, head: RequestHead) -> None:
         info = self.labels.new_info(self.runtime)
         describe_request(info, head, "HTTP/1.1" if head.version == "1.1" else "HTTP/1.0")
+        if self._https:
+            head.scheme = b"https"
         stream = ActiveStream(self, head, info)
         self.stream = stream
         stream.start()
@@ -289,7 +292,8 @@ class HttpConnectionManagerProtocol(HttpConnectionBase, CoalescedWrites, asyncio
     def send_continue(self) -> None:
         self._out.append(CONTINUE)
 
-    def send_local_reply(self, stream: ActiveStream, status: int, body: bytes) -> None:
+    def send_local_reply(self, stream: ActiveStream, status: int, body: bytes,
+                         headers: Headers | None = None) -> None:
         req = stream.head
         close = (
             self._close_after
@@ -301,7 +305,7 @@ class HttpConnectionManagerProtocol(HttpConnectionBase, CoalescedWrites, asyncio
         )
         if close:
             self._close_after = True
-        self._out.append(local_reply.render(status, body, close, req.method == b"HEAD"))
+        self._out.append(local_reply.render(status, body, close, req.method == b"HEAD", headers))
 
     def _writable(self) -> bool:
         return self.transport is not None and not self._closed

@@ -168,7 +168,8 @@ def request_head(headers: Headers, end_stream: bool) -> RequestHead:
                 head.path = value
             elif name == b":authority":
                 head.authority = value
-            # :scheme is the client's: x-forwarded-proto says it on to the upstream
+            elif name == b":scheme":
+                head.scheme = value  # the client's: x-forwarded-proto says it on upstream
             continue
         if name == b"content-length":
             head.content_length = int(value) if value.isdigit() else NO_LENGTH

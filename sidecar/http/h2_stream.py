@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 
 from sidecar.http import grpc, h2_codec
 from sidecar.http.h2_codec import SendQueue
-from sidecar.http.stream import End, ResponseHead
+from sidecar.http.stream import End, Headers, ResponseHead
 
 if TYPE_CHECKING:
     from sidecar.http.active_stream import ActiveStream
@@ -115,28 +115,35 @@ class H2DownstreamStream:
             self._emit_head(False)
         self.manager.schedule_flush()
 
-    def send_local_reply(self, stream: ActiveStream, status: int, body: bytes) -> None:
+    def send_local_reply(self, stream: ActiveStream, status: int, body: bytes,
+                         headers: Headers | None = None) -> None:
         if self.closed:
             return
         self.pending_head = None
         h2 = self.manager.h2
-        if stream.head.grpc:
-            code = grpc.status_for_failure(status, stream.info.response_flags)
-            stream.info.grpc_status = code
-            headers = [(b":status", b"200"), *grpc.local_reply_headers(code, body)]
-            h2.send_headers(self.id, headers, end_stream=True)
+        given = grpc.status_of(headers)
+        if stream.head.grpc or given is not None:
+            if given is None:
+                code = grpc.status_for_failure(status, stream.info.response_flags)
+                stream.info.grpc_status = code
+                fields = [(b":status", b"200"), *grpc.local_reply_headers(code, body)]
+            else:  # already a gRPC answer (fault abort with a grpc status): trailers-only
+                fields = [(b":status", b"%d" % status), *[(n.lower(), v) for n, v in headers or ()]]
+            h2.send_headers(self.id, fields, end_stream=True)
             self.out.done = self.out.end = True
             self.manager.stream_sent(self)
             return
-        headers = [
+        fields = [
             (b":status", b"%d" % status),
             (b"content-length", b"%d" % len(body)),
             (b"server", b"envoy"),
         ]
         if body:
-            headers.append((b"content-type", b"text/plain"))
+            fields.append((b"content-type", b"text/plain"))
+        if headers:
+            fields += [(n.lower(), v) for n, v in headers]
         head_only = stream.head.method == b"HEAD" or not body
-        h2.send_headers(self.id, headers, end_stream=head_only)
+        h2.send_headers(self.id, fields, end_stream=head_only)
         if head_only:
             self.out.done = self.out.end = True
             self.manager.stream_sent(self)

@@ -11,6 +11,7 @@ from __future__ import annotations
 from email.utils import formatdate
 from http import HTTPStatus
 
+from sidecar.http.stream import Headers
 from sidecar.outcome import SYNTHETIC_BODY, SYNTHETIC_STATUS, ResponseFlag
 
 
@@ -21,12 +22,16 @@ def reason_phrase(status: int) -> bytes:
         return b"Unknown"
 
 
-def render(status: int, body: bytes, close: bool, head_only: bool = False) -> bytes:
-    """A complete HTTP/1.1 response with a text body (omitted for HEAD requests)."""
+def render(status: int, body: bytes, close: bool, head_only: bool = False,
+           headers: Headers | None = None) -> bytes:
+    """A complete HTTP/1.1 response with a text body (omitted for HEAD requests) and any extra
+    `headers` (Location, CORS, gRPC status...)."""
+    extra = b"".join(n + b": " + v + b"\r\n" for n, v in headers) if headers else b""
     parts = [
         b"HTTP/1.1 %d %s\r\n" % (status, reason_phrase(status)),
         b"content-length: %d\r\n" % len(body),
         b"content-type: text/plain\r\n" if body else b"",
+        extra,
         b"date: " + formatdate(usegmt=True).encode("ascii") + b"\r\n",
         b"server: envoy\r\n",
         b"connection: close\r\n" if close else b"",

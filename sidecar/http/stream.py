@@ -44,6 +44,7 @@ class RequestHead:
         "method",
         "path",
         "request_id",
+        "scheme",
         "te_trailers",
         "upgrade",
         "user_agent",
@@ -55,6 +56,7 @@ class RequestHead:
         self.path = path  # request target as received (origin-form)
         self.headers = headers
         self.authority = b""  # Host / :authority
+        self.scheme = b"http"  # b"https" over TLS (HTTP/1.1) or as :scheme said (HTTP/2)
         self.version = "1.1"
         self.keep_alive = True
         self.content_length = NO_LENGTH
@@ -85,6 +87,9 @@ class RequestHead:
 _LIFTED_REQUEST = {
     b"host": "authority",
     b":authority": "authority",
+    b":method": "method",
+    b":path": "path",
+    b":scheme": "scheme",
     b"x-forwarded-for": "forwarded_for",
     b"x-forwarded-proto": "forwarded_proto",
     b"x-request-id": "request_id",

@@ -5,11 +5,12 @@ Theory of operation: each bound listener socket has a `ListenerHandle`, which ho
 bound and connections in flight keep the snapshot they were accepted with. `AcceptProtocol` lives
 only for the instant of `connection_made`: it reads the addresses (and SO_ORIGINAL_DST on capture
 listeners), picks the chain group, builds the `Downstream` record, then swaps in the network
-filter's protocol on the same transport. A group whose chains differ by protocol first gets a
-`SniffProtocol` (listener/sniff.py) that peeks at the client's first bytes, with the listener's
-detection timeout (server-first protocols fall back to the TCP chain); an HTTP chain waits for the
-first bytes with no timeout, to choose its codec (HTTP/1.1 or h2c); a TCP chain on a declared port
-gets `TcpProxyProtocol` at once. Sniffed bytes are never lost: the next protocol receives them.
+filter's protocol on the same transport. A group whose chains differ by protocol or by TLS
+server name (SNI) first gets a `SniffProtocol` (listener/sniff.py) that peeks at the client's
+first bytes, with the listener's detection timeout (server-first protocols fall back to the TCP
+chain); an HTTP chain waits for the first bytes with no timeout, to choose its codec (HTTP/1.1 or
+h2c); a TCP chain on a declared port gets `TcpProxyProtocol` at once, with its weighted clusters
+as compiled by the selector. Sniffed bytes are never lost: the next protocol receives them.
 """
 
 from __future__ import annotations
@@ -108,6 +109,7 @@ class AcceptProtocol(asyncio.Protocol):
             original_dst=orig,
         )
         runtime = self._runtime
+        selector = handle.selector
         if group.needs_detection:
             # Listener filters: hold the connection until its first bytes (or the detection
             # timeout: server-first protocols) say which chain of the group takes it.
@@ -123,7 +125,7 @@ class AcceptProtocol(asyncio.Protocol):
                     alpn=found.alpn,
                     detected=found.kind,
                 )
-                _hand_off(runtime, t, ds, first, eof)
+                _hand_off(runtime, t, ds, first, eof, selector)
 
             sniff = SniffProtocol(runtime, classify, detected, listener.detection_timeout or None)
             transport.set_protocol(sniff)
@@ -135,18 +137,19 @@ class AcceptProtocol(asyncio.Protocol):
         if isinstance(chain.filter, HttpConnectionManager):
             alpn = negotiated_alpn(transport)
             if alpn is not None:  # TLS terminated here: ALPN chose the codec
-                _hand_off(runtime, transport, replace(downstream, alpn=(alpn,)), b"", False)
+                _hand_off(runtime, transport, replace(downstream, alpn=(alpn,)), b"", False,
+                          selector)
                 return
             # The codec (HTTP/1.1 or h2c) is chosen by the first bytes: wait for the client,
             # with no timeout, as Envoy's connection manager does.
             def ready(t: asyncio.Transport, _: Detection, first: bytes, eof: bool) -> None:
-                _hand_off(runtime, t, downstream, first, eof)
+                _hand_off(runtime, t, downstream, first, eof, selector)
 
             sniff = SniffProtocol(runtime, codec_ready, ready, None)
             transport.set_protocol(sniff)
             sniff.connection_made(transport)
             return
-        proto = TcpProxyProtocol(runtime, downstream, chain.filter)
+        proto = TcpProxyProtocol(runtime, downstream, chain.filter, selector.split(chain.filter))
         transport.set_protocol(proto)
         proto.connection_made(transport)
 
@@ -155,7 +158,12 @@ class AcceptProtocol(asyncio.Protocol):
 
 
 def _hand_off(
-    runtime: Runtime, transport: asyncio.Transport, downstream: Downstream, first: bytes, eof: bool
+    runtime: Runtime,
+    transport: asyncio.Transport,
+    downstream: Downstream,
+    first: bytes,
+    eof: bool,
+    selector: ChainSelector,
 ) -> None:
     """Install the chain's network filter and give it the bytes sniffing read (and the EOF)."""
     filt = downstream.chain.filter
@@ -164,7 +172,7 @@ def _hand_off(
         alpn = downstream.alpn[0] if downstream.alpn and not downstream.detected else None
         proto = http_protocol(runtime, downstream, filt, first, alpn)
     else:
-        proto = TcpProxyProtocol(runtime, downstream, filt)
+        proto = TcpProxyProtocol(runtime, downstream, filt, selector.split(filt))
     transport.set_protocol(proto)
     proto.connection_made(transport)
     if first and not transport.is_closing():

@@ -3,10 +3,13 @@
 Compiled once per listener per snapshot. Envoy matches level by level and does not backtrack: the
 most specific destination port bucket that exists (an exact port, else the chains without a port),
 then within that bucket the longest destination prefix (chains without prefixes match any
-address). The chains sharing that (port, prefix) form a `ChainGroup`; within it the transport
-protocol ("tls" | "raw_buffer") and then the application protocols decide, an exact match beating
-a chain that leaves the field empty. A group whose chains set neither field needs no protocol
-detection at all (declared-protocol ports: zero cost). No match means the listener's default chain.
+address). The chains sharing that (port, prefix) form a `ChainGroup`; within it the TLS server
+name (SNI) decides first: an exact name beats the longest matching "*.suffix" wildcard, which
+beats the chains that list no server names; then the transport protocol ("tls" | "raw_buffer")
+and then the application protocols, an exact match beating a chain that leaves the field empty.
+Each level narrows to one set and never falls back to a less specific one. A group whose chains
+set none of these fields needs no protocol detection at all (declared-protocol ports: zero cost).
+No match means the listener's default chain.
 """
 
 from __future__ import annotations
@@ -15,7 +18,8 @@ import ipaddress
 from functools import lru_cache
 from typing import TYPE_CHECKING
 
-from sidecar.config.snapshot import FilterChain, IPNetwork, Listener
+from sidecar.config.snapshot import FilterChain, IPNetwork, Listener, TcpProxy
+from sidecar.tcp.tcp_proxy import ClusterSplit
 
 if TYPE_CHECKING:
     from sidecar.listener.sniff import Detection
@@ -33,27 +37,63 @@ def _ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
 
 
 class ChainGroup:
-    """The chains sharing one (destination port, prefix): protocol detection picks among them."""
+    """The chains sharing one (destination port, prefix): SNI and protocol detection pick."""
 
-    __slots__ = ("chains", "default", "needs_detection", "only")
+    __slots__ = ("_by_name", "_unnamed", "_wildcards", "chains", "default", "needs_detection",
+                 "only")
 
     def __init__(self, chains: tuple[FilterChain, ...], default: FilterChain | None) -> None:
         self.chains = chains
         self.default = default
+        # Server names, compiled once: exact name -> chains, ".suffix" of "*.suffix" -> chains.
+        by_name: dict[str, list[FilterChain]] = {}
+        wildcards: dict[str, list[FilterChain]] = {}
+        for c in chains:
+            for name in c.match.server_names:
+                name = name.lower().rstrip(".")
+                if name.startswith("*."):
+                    wildcards.setdefault(name[1:], []).append(c)
+                elif name:
+                    by_name.setdefault(name, []).append(c)
+        self._by_name = {k: tuple(v) for k, v in by_name.items()}
+        self._wildcards = {k: tuple(v) for k, v in wildcards.items()}
+        self._unnamed = tuple(c for c in chains if not c.match.server_names)
         self.needs_detection = any(
-            c.match.transport_protocol or c.match.application_protocols for c in chains
+            c.match.transport_protocol or c.match.application_protocols or c.match.server_names
+            for c in chains
         )
         # Without detection the group's answer is fixed: its first chain.
         self.only: FilterChain | None = None if self.needs_detection else chains[0]
+
+    def _named(self, server_name: str) -> tuple[FilterChain, ...]:
+        """The chains for a server name: exact, else the longest wildcard, else unnamed ones."""
+        if server_name:
+            exact = self._by_name.get(server_name)
+            if exact is not None:
+                return exact
+            if self._wildcards:
+                dot = server_name.find(".")
+                while dot != -1:  # "a.b.c": ".b.c", then ".c" (longest suffix first)
+                    found = self._wildcards.get(server_name[dot:])
+                    if found is not None:
+                        return found
+                    dot = server_name.find(".", dot + 1)
+        return self._unnamed
 
     def pick(self, detection: Detection | None) -> FilterChain | None:
         """The chain for what detection found (None: nothing detected, a raw connection)."""
         if self.only is not None:
             return self.only
-        transport = "raw_buffer" if detection is None else detection.transport_protocol
-        apps = () if detection is None else detection.application_protocols
-        chains = [c for c in self.chains if c.match.transport_protocol == transport] or [
-            c for c in self.chains if not c.match.transport_protocol
+        if detection is None:
+            named = self._unnamed
+            transport = "raw_buffer"
+            apps: tuple[str, ...] = ()
+        else:
+            named = self._named(detection.server_name)
+            transport = detection.transport_protocol
+            apps = detection.application_protocols
+        chains = [c for c in named if c.match.transport_protocol == transport] or [
+            c for c in named if not c.match.transport_protocol
         ]
         listed = [c for c in chains if any(a in c.match.application_protocols for a in apps)]
         if listed:
@@ -67,7 +107,7 @@ class ChainGroup:
 class ChainSelector:
     """Filter chain lookup for one listener: port bucket, longest prefix, then protocol."""
 
-    __slots__ = ("_buckets", "_default", "_default_group", "_exact")
+    __slots__ = ("_buckets", "_default", "_default_group", "_exact", "_splits")
 
     def __init__(self, listener: Listener) -> None:
         self._default = listener.default_filter_chain
@@ -87,6 +127,15 @@ class ChainSelector:
         )
         # Fast path: a bucket whose best entry matches any address needs no IP parsing.
         self._exact: dict[tuple[str, int], ChainGroup | None] = {}
+        # Weighted TCP routes, compiled once (keyed by identity: the listener keeps them alive).
+        self._splits: dict[int, ClusterSplit] = {}
+        for filt in (c.filter for c in (*listener.filter_chains, self._default) if c is not None):
+            if isinstance(filt, TcpProxy) and filt.weighted_clusters:
+                self._splits[id(filt)] = ClusterSplit(filt.weighted_clusters)
+
+    def split(self, filt: TcpProxy) -> ClusterSplit | None:
+        """The compiled weighted clusters of one of this listener's TCP proxies, if any."""
+        return self._splits.get(id(filt)) if self._splits else None
 
     def group(self, address: str, port: int) -> ChainGroup | None:
         """The chains a connection to address:port chooses among (None: close it)."""

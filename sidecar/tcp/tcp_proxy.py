@@ -5,15 +5,22 @@ while the upstream connection is made (so nothing is buffered without a bound; b
 arrived are kept and sent first). On success both transports are spliced into a `Relay`; on failure
 the downstream is closed and the outcome (UF, UH, NC) recorded. One `StreamInfo` per connection
 goes to the access log when the relay ends, with the bytes each way.
+
+A TcpProxy with `weighted_clusters` (VirtualService tcp/tls routes with weights) picks one cluster
+per connection by weight; the cumulative weights are compiled once per snapshot into a
+`ClusterSplit` (the listener's chain selector keeps one per TcpProxy), so a pick is one random
+draw and a bisect. The endpoint the balancer chose is released once when the connection ends.
 """
 
 from __future__ import annotations
 
 import asyncio
+import bisect
 import logging
+import random
 from typing import cast
 
-from sidecar.config.snapshot import Endpoint, TcpProxy
+from sidecar.config.snapshot import Endpoint, TcpProxy, WeightedCluster
 from sidecar.outcome import ResponseFlag
 from sidecar.runtime import Downstream, Runtime, StreamInfo, format_address
 from sidecar.tcp.relay import Relay, splice
@@ -21,6 +28,31 @@ from sidecar.upstream.cluster import ClusterState
 from sidecar.upstream.connect import UpstreamConnectError, connect
 
 log = logging.getLogger(__name__)
+
+
+class ClusterSplit:
+    """A TcpProxy's weighted clusters, compiled once: a pick is a draw and a bisect."""
+
+    __slots__ = ("_clusters", "_cumulative", "_total")
+
+    def __init__(self, weighted: tuple[WeightedCluster, ...]) -> None:
+        total = 0
+        cumulative: list[int] = []
+        clusters: list[str] = []
+        for w in weighted:
+            if w.weight > 0:
+                total += w.weight
+                cumulative.append(total)
+                clusters.append(w.cluster)
+        self._total = total
+        self._cumulative = cumulative
+        self._clusters = tuple(clusters)
+
+    def pick(self) -> str | None:
+        """A cluster drawn by weight; None when every weight is zero."""
+        if not self._total:
+            return None
+        return self._clusters[bisect.bisect_right(self._cumulative, random.randrange(self._total))]
 
 
 class _Upstream(asyncio.Protocol):
@@ -45,6 +77,7 @@ class TcpProxyProtocol(asyncio.Protocol):
     __slots__ = (
         "_config",
         "_downstream",
+        "_endpoint",
         "_eof",
         "_info",
         "_pending",
@@ -55,7 +88,14 @@ class TcpProxyProtocol(asyncio.Protocol):
         "_transport",
     )
 
-    def __init__(self, runtime: Runtime, downstream: Downstream, config: TcpProxy) -> None:
+    def __init__(
+        self,
+        runtime: Runtime,
+        downstream: Downstream,
+        config: TcpProxy,
+        split: ClusterSplit | None = None,
+    ) -> None:
+        """`split`: the compiled form of `config.weighted_clusters` (compiled here if absent)."""
         self._runtime = runtime
         self._downstream = downstream
         self._config = config
@@ -65,13 +105,19 @@ class TcpProxyProtocol(asyncio.Protocol):
         self._relay: Relay | None = None
         self._task: asyncio.Task[None] | None = None
         self._state: ClusterState | None = None
+        self._endpoint: Endpoint | None = None
         info = StreamInfo()
         info.downstream_remote_address = format_address(*downstream.remote)
         info.downstream_direct_remote_address = info.downstream_remote_address
         info.downstream_local_address = format_address(*downstream.local)
         info.listener_name = downstream.listener.name
         info.direction = downstream.listener.direction.value
-        info.upstream_cluster = config.cluster
+        cluster = config.cluster
+        if config.weighted_clusters:
+            picked = (split or ClusterSplit(config.weighted_clusters)).pick()
+            if picked is not None:
+                cluster = picked
+        info.upstream_cluster = cluster
         if downstream.server_name:
             info.requested_server_name = downstream.server_name
         self._info = info
@@ -82,7 +128,7 @@ class TcpProxyProtocol(asyncio.Protocol):
         self._transport = transport
         self._runtime.connection_opened(self)
         transport.pause_reading()
-        state = self._runtime.cluster_manager.get(self._config.cluster)
+        state = self._runtime.cluster_manager.get(self._info.upstream_cluster)
         if state is None:
             self._fail(ResponseFlag.NC, "cluster_not_found")
             return
@@ -91,6 +137,7 @@ class TcpProxyProtocol(asyncio.Protocol):
         if endpoint is None:
             self._fail(ResponseFlag.UH, "no_healthy_upstream")
             return
+        self._endpoint = endpoint
         self._info.upstream_host = format_address(endpoint.address, endpoint.port)
         self._task = asyncio.get_running_loop().create_task(self._connect(state, endpoint))
 
@@ -175,6 +222,10 @@ class TcpProxyProtocol(asyncio.Protocol):
         if info.end_mono:
             return
         info.finish()
+        endpoint = self._endpoint
+        if endpoint is not None and self._state is not None:
+            self._endpoint = None
+            self._state.release(endpoint)
         self._runtime.connection_closed(self)
         self._runtime.access_log.log(info)
 

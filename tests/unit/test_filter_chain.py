@@ -165,3 +165,91 @@ def test_groups_say_whether_detection_is_needed() -> None:
     # The plain listener above never needs detection: zero cost for declared ports.
     plain = ChainSelector(LISTENER).group("10.96.0.7", 3306)
     assert plain is not None and not plain.needs_detection
+
+
+# -- server names (SNI): after port and prefix, before the transport protocol -----------------
+
+
+def sni_chain(
+    name: str, names: tuple[str, ...], port: int | None = 443, transport: str = "tls",
+    prefix: str | None = None,
+) -> FilterChain:
+    nets = (ipaddress.ip_network(prefix),) if prefix else ()
+    return FilterChain(
+        name=name,
+        match=FilterChainMatch(port, nets, transport, (), names),
+        filter=TcpProxy(cluster=name, stat_prefix=name),
+    )
+
+
+SNI = Listener(
+    name="virtualOutbound",
+    address="0.0.0.0",
+    port=15001,
+    direction=Direction.OUTBOUND,
+    use_original_dst=True,
+    filter_chains=(
+        sni_chain("wild-example", ("*.example.com",)),
+        sni_chain("exact-api", ("api.example.com", "API2.example.com")),
+        sni_chain("wild-eu", ("*.eu.example.com",)),
+        sni_chain("no-names-tls", ()),
+        sni_chain("no-names-raw", (), transport="raw_buffer"),
+        sni_chain("only-named", ("db.internal",), port=5432),
+        sni_chain("named-raw-only", ("x.test",), port=8443, transport="raw_buffer"),
+        sni_chain("tls-8443", (), port=8443),
+    ),
+    default_filter_chain=DEFAULT,
+)
+
+
+def pick_sni(port: int, found: Detection | None) -> str | None:
+    c = ChainSelector(SNI).select("192.0.2.1", port, found)
+    return c.name if c else None
+
+
+def test_exact_server_name_beats_wildcards() -> None:
+    assert pick_sni(443, Detection("tls", "api.example.com")) == "exact-api"
+    assert pick_sni(443, Detection("tls", "api2.example.com")) == "exact-api"  # case-folded
+
+
+def test_longest_wildcard_wins_and_matches_any_depth() -> None:
+    assert pick_sni(443, Detection("tls", "web.example.com")) == "wild-example"
+    assert pick_sni(443, Detection("tls", "a.b.example.com")) == "wild-example"
+    assert pick_sni(443, Detection("tls", "paris.eu.example.com")) == "wild-eu"
+    assert pick_sni(443, Detection("tls", "x.paris.eu.example.com")) == "wild-eu"
+    # "*.example.com" does not match the bare domain.
+    assert pick_sni(443, Detection("tls", "example.com")) == "no-names-tls"
+
+
+def test_unknown_or_missing_server_name_takes_the_chains_without_names() -> None:
+    assert pick_sni(443, Detection("tls", "other.org")) == "no-names-tls"
+    assert pick_sni(443, Detection("tls")) == "no-names-tls"
+    assert pick_sni(443, Detection("tcp")) == "no-names-raw"
+    assert pick_sni(443, None) == "no-names-raw"
+
+
+def test_unmatched_server_name_without_unnamed_chains_gets_the_default() -> None:
+    assert pick_sni(5432, Detection("tls", "db.internal")) == "only-named"
+    assert pick_sni(5432, Detection("tls", "other.internal")) == "passthrough"
+
+
+def test_server_name_is_decided_before_transport_no_backtracking() -> None:
+    # The name selects the raw-only chain; TLS finds no TLS chain there, and Envoy does not go
+    # back to the chains without names: the default chain.
+    assert pick_sni(8443, Detection("tls", "x.test")) == "passthrough"
+    assert pick_sni(8443, Detection("tls", "y.test")) == "tls-8443"
+
+
+def test_groups_differing_only_by_server_name_need_detection() -> None:
+    listener = Listener(
+        name="l", address="0.0.0.0", port=15001, direction=Direction.OUTBOUND,
+        use_original_dst=True,
+        filter_chains=(
+            sni_chain("a", ("a.test",), transport=""),
+            sni_chain("b", ("b.test",), transport=""),
+        ),
+    )
+    group = ChainSelector(listener).group("192.0.2.1", 443)
+    assert group is not None and group.needs_detection and group.only is None
+    assert group.pick(Detection("tls", "b.test")) is listener.filter_chains[1]
+    assert group.pick(Detection("tls", "c.test")) is None  # no default chain: close
