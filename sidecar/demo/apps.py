@@ -24,8 +24,10 @@ from dataclasses import dataclass, field
 
 import httptools
 
-# Headers app `a` forwards to `b` (Istio's list for trace propagation, plus the request id).
+# Headers app `a` forwards to `b`: Istio's list for trace propagation, the request id, and the
+# user agent (bookinfo's productpage forwards it too, so routing rules can match on it).
 PROPAGATED = (
+    "user-agent",
     "x-request-id",
     "x-b3-traceid",
     "x-b3-spanid",
@@ -49,7 +51,7 @@ class Upstream:
     host: str
     port: int
     authority: str  # the Host header, e.g. "b.default.svc.cluster.local:9080"
-    path: str = "/hello"
+    path: str = "/api/v1/hello"  # the demo's VirtualService rewrites /api/v1/ to /
 
 
 @dataclass(frozen=True)
@@ -167,13 +169,13 @@ class DemoApp:
         if path.split("?", 1)[0] == "/healthz":
             return Reply(200, b"ok\n", (seen,))
         if self.upstream is None:
-            return self._greet(headers, seen)
+            return self._greet(path, headers, seen)
         if method != "GET" or path.split("?", 1)[0] != "/":
             return Reply(404, f"{self.name}: no such page {path}\n".encode(), (seen,))
         return await self._call_upstream(self.upstream, headers, seen)
 
-    def _greet(self, headers: dict[str, str], seen: tuple[str, str]) -> Reply:
-        lines = [f"hello from {self.name} ({self.version})"]
+    def _greet(self, path: str, headers: dict[str, str], seen: tuple[str, str]) -> Reply:
+        lines = [f"hello from {self.name} ({self.version}), asked for {path}"]
         lines += [f"  {name}: {headers[name]}" for name in ECHOED if name in headers]
         return Reply(200, ("\n".join(lines) + "\n").encode(), (seen,))
 
@@ -197,7 +199,9 @@ async def fetch(up: Upstream, headers: Sequence[tuple[str, str]]) -> Reply:
     """One `GET` to `up` on a fresh connection; the whole answer, read until complete."""
     reader, writer = await asyncio.open_connection(up.host, up.port)
     try:
-        lines = [f"GET {up.path} HTTP/1.1", f"host: {up.authority}", "user-agent: demo-app-a"]
+        lines = [f"GET {up.path} HTTP/1.1", f"host: {up.authority}"]
+        if not any(k == "user-agent" for k, _ in headers):
+            lines.append("user-agent: demo-app-a")
         lines += [f"{k}: {v}" for k, v in headers]
         lines.append("connection: close")
         writer.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))

@@ -27,6 +27,7 @@ from sidecar.demo.processes import ProcessGroup, Site
 from sidecar.demo.stage import (
     B_AUTHORITY,
     PROXY_UID,
+    Canary,
     SidecarSpec,
     Waiter,
     access_log_path,
@@ -90,6 +91,7 @@ class CaptureStage:
     def __init__(self, config: Path | None = None) -> None:
         self.config = config or repo_file("config", "demo", "mesh-capture.yaml")
         self.hops = demo_hops("a-1", "b-1")
+        self.canary: Canary | None = None  # one version of b: the canary is the loopback's
         self.sidecars = (
             SidecarSpec("a-1", A_IP, "127.0.0.1", "a", self.config),
             SidecarSpec("b-1", B_IP, "127.0.0.1", "b", self.config),

@@ -4,8 +4,10 @@ Theory of operation: each workload's "pod IP" is a loopback address of its own (
 b: 127.0.0.20). The Sidecar resources in config/demo/mesh.yaml use captureMode NONE, so each
 sidecar binds explicit listeners instead of capture ports: a's inbound 127.0.0.10:9080 in front
 of app a (127.0.0.10:18081), a's egress 127.0.0.1:9080 that app a calls b through, b's inbound
-127.0.0.20:9080 in front of app b (127.0.0.20:18082). Before starting, every address is checked
-free, so a second demo or a stray process is reported by name rather than as a crash.
+127.0.0.20:9080 in front of app b (127.0.0.20:18082), and the canary: b v2 on 127.0.0.30 with
+its own sidecar; a's sidecar splits b's traffic by the VirtualService and DestinationRule.
+Before starting, every address is checked free, so a second demo or a stray process is reported
+by name rather than as a crash.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from pathlib import Path
 from sidecar.demo.processes import LocalSite, ProcessGroup, Site
 from sidecar.demo.stage import (
     B_AUTHORITY,
+    Canary,
     SidecarSpec,
     Waiter,
     access_log_path,
@@ -26,8 +29,19 @@ from sidecar.demo.stage import (
     start_sidecar,
 )
 
-A_IP, B_IP = "127.0.0.10", "127.0.0.20"
-APP_A, APP_B = (A_IP, 18081), (B_IP, 18082)  # each app on its own pod IP
+A_IP, B_IP, B2_IP = "127.0.0.10", "127.0.0.20", "127.0.0.30"
+APP_A, APP_B, APP_B2 = (A_IP, 18081), (B_IP, 18082), (B2_IP, 18082)  # each on its own pod IP
+CANARY = Canary(
+    requests=200,
+    weights=(("v1", 95), ("v2", 5)),
+    rule=(
+        "VirtualService b: User-Agent containing Android -> v2; everything else 95 % v1, 5 % v2;"
+        "\n  both rewrite /api/v1/ to / (b is asked for /hello). DestinationRule b: subsets by"
+        "\n  label version."
+    ),
+    header=("user-agent", "Mozilla/5.0 (Linux; Android 14; Pixel 8)"),
+    header_version="v2",
+)
 EGRESS = ("127.0.0.1", 9080)
 SERVICE_PORT = 9080
 
@@ -41,26 +55,30 @@ class LoopbackStage:
     def __init__(self, config: Path | None = None) -> None:
         self.config = config or repo_file("config", "demo", "mesh.yaml")
         self.client: Site = LocalSite()
-        self.hops = demo_hops("a-1", "b-1")
+        self.hops = demo_hops("a-1", "b-1", "b-2")
+        self.canary: Canary | None = CANARY
         self.sidecars = (
             SidecarSpec("a-1", A_IP, A_IP, "a", self.config),
             SidecarSpec("b-1", B_IP, B_IP, "b", self.config),
+            SidecarSpec("b-2", B2_IP, B2_IP, "b", self.config),
         )
 
     def describe(self) -> list[tuple[str, str, str]]:
         return [
             ("app a", _hp(APP_A), f"on GET / calls http://{B_AUTHORITY}/hello via {_hp(EGRESS)}"),
             ("sidecar a-1", f"{A_IP}:{SERVICE_PORT}", f"inbound -> app a; outbound {_hp(EGRESS)}"),
-            ("app b", _hp(APP_B), 'answers "hello from b (v1)"'),
-            ("sidecar b-1", f"{B_IP}:{SERVICE_PORT}", "inbound -> app b"),
+            ("app b v1", _hp(APP_B), 'answers "hello from b (v1)"'),
+            ("sidecar b-1", f"{B_IP}:{SERVICE_PORT}", "inbound -> app b v1"),
+            ("app b v2", _hp(APP_B2), 'answers "hello from b (v2)": the canary'),
+            ("sidecar b-2", f"{B2_IP}:{SERVICE_PORT}", "inbound -> app b v2"),
             ("client", "this program", f"GET {self.entry_url}"),
         ]
 
     def preflight(self) -> str | None:
         if not self.config.is_file():
             return f"mesh config {self.config} not found (run from the source tree)"
-        wanted = [APP_A, APP_B, EGRESS]
-        for ip in (A_IP, B_IP):
+        wanted = [APP_A, APP_B, APP_B2, EGRESS]
+        for ip in (A_IP, B_IP, B2_IP):
             wanted += [(ip, SERVICE_PORT), (ip, 15000), (ip, 15021)]
         busy = [_hp(addr) for addr in wanted if _in_use(addr)]
         if busy:
@@ -71,6 +89,10 @@ class LoopbackStage:
         site = self.client
         b_argv = python_module("sidecar.demo.apps", "b", "--listen", _hp(APP_B))
         b = group.start("app-b", b_argv, site)
+        b2_argv = python_module(
+            "sidecar.demo.apps", "b", "--listen", _hp(APP_B2), "--version", "v2"
+        )
+        b2 = group.start("app-b2", b2_argv, site)
         a_argv = python_module(
             "sidecar.demo.apps", "a", "--listen", _hp(APP_A),
             "--upstream", _hp(EGRESS), "--upstream-host", B_AUTHORITY,
@@ -78,6 +100,7 @@ class LoopbackStage:
         a = group.start("app-a", a_argv, site)
         waiters = [
             Waiter(b, f"http://{_hp(APP_B)}/healthz", site),
+            Waiter(b2, f"http://{_hp(APP_B2)}/healthz", site),
             Waiter(a, f"http://{_hp(APP_A)}/healthz", site),
         ]
         no_capture = ("--outbound-port", "0", "--inbound-port", "0")  # explicit binds only

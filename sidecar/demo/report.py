@@ -50,9 +50,9 @@ def exchange(out: TextIO, ex: Exchange, total: int) -> None:
     out.write(f"{heading}{'-' * max(0, RULE_WIDTH - len(heading))}\n")
     out.write(f"$ curl -H {shlex.quote('x-request-id: ' + ex.request_id)} {ex.url}\n\n")
     out.write("  its way through the sidecars (their access-log lines, in path order):\n")
-    label_width = max((len(f"{h.spec.proxy} {h.spec.direction}") for h in ex.hops), default=0)
-    for i, hop in enumerate(ex.hops, 1):
-        label = f"{hop.spec.proxy} {hop.spec.direction}"
+    labels = [f"{hop.proxy or '/'.join(hop.spec.proxies)} {hop.spec.direction}" for hop in ex.hops]
+    label_width = max((len(label) for label in labels), default=0)
+    for i, (hop, label) in enumerate(zip(ex.hops, labels, strict=True), 1):
         line = hop.line or "(no access-log line with this request id)"
         out.write(f"  {i}. {label:<{label_width}}  {line}\n")
     out.write("\n  the answer:\n")
@@ -80,3 +80,42 @@ def failure(out: TextIO, what: str, label: str = "", tail: str = "") -> None:
         out.write(f"  last lines from {label}:\n")
         for line in tail.splitlines():
             out.write(f"{INDENT}{line}\n")
+
+
+@dataclass(frozen=True)
+class Split:
+    """How many canary requests each version of b answered (and how many got no answer)."""
+
+    counts: tuple[tuple[str, int], ...]  # (version, answers), in the VirtualService's order
+    failed: int
+
+    @property
+    def total(self) -> int:
+        return sum(n for _, n in self.counts) + self.failed
+
+    def count(self, version: str) -> int:
+        return next((n for v, n in self.counts if v == version), 0)
+
+
+def canary(out: TextIO, rule: str, weights: Sequence[tuple[str, int]], split: Split,
+           header: tuple[str, str], header_split: Split) -> None:
+    heading = "--- the canary "
+    out.write(f"{heading}{'-' * max(0, RULE_WIDTH - len(heading))}\n")
+    out.write(f"  {rule}\n\n")
+    n = split.total
+    out.write(f"  {n} requests to a; b answered from:\n")
+    for version, percent in weights:
+        got = split.count(version)
+        share = 100.0 * got / n if n else 0.0
+        # Two standard deviations of a binomial share: what a fair split stays within 95% of runs.
+        spread = 200.0 * (percent / 100.0 * (1 - percent / 100.0) / n) ** 0.5 if n else 0.0
+        out.write(f"    {version}: {got:4d}  ({share:5.1f} %; configured {percent} %, "
+                  f"+-{spread:.1f} % is normal at this count)\n")
+    if split.failed:
+        out.write(f"    no answer from b: {split.failed}\n")
+    name, value = header
+    sent = header_split.total
+    out.write(f"\n  {sent} requests with {name}: {value}\n")
+    for version, _ in weights:
+        out.write(f"    {version}: {header_split.count(version):4d}\n")
+    out.write("\n")

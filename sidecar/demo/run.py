@@ -26,7 +26,7 @@ from typing import TextIO
 from sidecar.demo import report
 from sidecar.demo.processes import ProcessGroup, Started
 from sidecar.demo.report import Exchange
-from sidecar.demo.stage import Stage, Waiter
+from sidecar.demo.stage import Canary, Stage, Waiter
 from sidecar.demo.trail import read_log, trail
 
 READY_DEADLINE = 25.0  # seconds for all children to become ready
@@ -80,6 +80,9 @@ def _run(stage: Stage, group: ProcessGroup, requests: int, keep_running: bool, o
         report.exchange(out, ex, requests)
     report.summary(out, exchanges)
     ok = all(ex.complete for ex in exchanges)
+    if stage.canary is not None:
+        out.write("\n")
+        ok = _canary(stage, stage.canary, out) and ok
     if not ok:
         for started in group.started:
             if started.label in stage.access_logs(group):
@@ -101,6 +104,33 @@ def _run(stage: Stage, group: ProcessGroup, requests: int, keep_running: bool, o
     if not ok:
         report.failure(out, "not every request was answered 200 and logged by both sidecars")
     return 0 if ok else 1
+
+
+def _canary(stage: Stage, canary: Canary, out: TextIO) -> bool:
+    """Send the canary's requests, count which version of b answered; True when all did and
+    the header rule held."""
+    versions = tuple(v for v, _ in canary.weights)
+    split = _split(stage, versions, canary.requests, [])
+    by_header = _split(stage, versions, canary.header_requests, [canary.header])
+    report.canary(out, canary.rule, canary.weights, split, canary.header, by_header)
+    return (
+        split.failed == 0
+        and by_header.count(canary.header_version) == by_header.total
+    )
+
+
+def _split(stage: Stage, versions: Sequence[str], n: int,
+           headers: list[tuple[str, str]]) -> report.Split:
+    counts = dict.fromkeys(versions, 0)
+    failed = 0
+    for _ in range(n):
+        answer = stage.client.fetch(stage.entry_url, headers, REQUEST_TIMEOUT)
+        version = next((v for v in versions if f"hello from b ({v})" in answer.body), None)
+        if answer.status != 200 or version is None:
+            failed += 1
+        else:
+            counts[version] += 1
+    return report.Split(tuple(counts.items()), failed)
 
 
 def _wait_ready(waiters: Sequence[Waiter], group: ProcessGroup, out: TextIO) -> bool:

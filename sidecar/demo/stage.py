@@ -37,6 +37,7 @@ class Stage(Protocol):
     title: str
     entry_url: str  # where the client sends its requests
     hops: tuple[HopSpec, ...]  # the access-log lines each request should leave, in path order
+    canary: Canary | None  # the canary split to show after the requests (None: not staged)
 
     @property
     def client(self) -> Site:
@@ -128,10 +129,22 @@ def start_sidecar(
     return Waiter(started, spec.ready_url, site)
 
 
-def demo_hops(a_pod: str, b_pod: str) -> tuple[HopSpec, ...]:
-    """The way every demo request goes: into a's sidecar, out of it, into b's sidecar."""
+def demo_hops(a_pod: str, *b_pods: str) -> tuple[HopSpec, ...]:
+    """The way every demo request goes: into a's sidecar, out of it, into one of b's sidecars."""
     return (
         HopSpec(a_pod, "inbound", B_AUTHORITY),
         HopSpec(a_pod, "outbound", B_AUTHORITY),
-        HopSpec(b_pod, "inbound"),  # b's sidecar sees only inbound requests
+        HopSpec(b_pods[0], "inbound", alternatives=b_pods[1:]),  # b's: inbound requests only
     )
+
+
+@dataclass(frozen=True)
+class Canary:
+    """The canary part of a demo: how b's traffic is split, and how to show it."""
+
+    requests: int  # requests sent to count the split
+    weights: tuple[tuple[str, int], ...]  # (version, percent) as the VirtualService says
+    rule: str  # the routing rules in words, for the printout
+    header: tuple[str, str]  # a request header the rules send to one version
+    header_version: str  # the version that header is routed to
+    header_requests: int = 5

@@ -4,8 +4,9 @@ Theory of operation: the driver gives each request its own `x-request-id`; the a
 and also report the id they saw. Every access-log line (Envoy's text format quotes the request
 id; the JSON format has it as a field) that mentions one of a request's ids belongs to that
 request. Each `Hop` the demo expects - (sidecar, direction) - is filled with the first such line
-of that sidecar that the hop's test accepts: an outbound line names the `outbound|` cluster or
-the called service's host; an inbound line is any other.
+of that sidecar (or of an alternative: a canary's sidecars) that the hop's test accepts: an
+outbound line names the `outbound|` cluster or the called service's host; an inbound line is
+any other.
 """
 
 from __future__ import annotations
@@ -27,6 +28,11 @@ class HopSpec:
     proxy: str  # label of the sidecar, e.g. "a-1"
     direction: str  # "inbound" | "outbound"
     outbound_marker: str = ""  # text only this sidecar's outbound lines carry (the called host)
+    alternatives: tuple[str, ...] = ()  # other sidecars the hop may pass instead (a canary's)
+
+    @property
+    def proxies(self) -> tuple[str, ...]:
+        return (self.proxy, *self.alternatives)
 
     def accepts(self, line: str) -> bool:
         marked = bool(self.outbound_marker) and self.outbound_marker in line
@@ -40,6 +46,7 @@ class Hop:
 
     spec: HopSpec
     line: str
+    proxy: str = ""  # the sidecar whose log had the line ("" when none had)
 
     @property
     def response_code(self) -> int | None:
@@ -79,6 +86,12 @@ def trail(
     wanted = set(ids)
     hops = []
     for spec in specs:
-        lines = (ln for ln in logs.get(spec.proxy, ()) if mentions(ln, wanted) and spec.accepts(ln))
-        hops.append(Hop(spec, next(lines, "")))
+        found = Hop(spec, "")
+        for proxy in spec.proxies:
+            lines = (ln for ln in logs.get(proxy, ()) if mentions(ln, wanted) and spec.accepts(ln))
+            line = next(lines, "")
+            if line:
+                found = Hop(spec, line, proxy)
+                break
+        hops.append(found)
     return hops

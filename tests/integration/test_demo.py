@@ -24,7 +24,8 @@ from tests.conftest import require
 
 REPO = Path(__file__).resolve().parents[2]
 DEMO_TIMEOUT = 90.0
-HOPS = ("a-1 inbound", "a-1 outbound", "b-1 inbound")
+HOPS = ("a-1 inbound", "a-1 outbound")  # then b-1 inbound (b v1) or b-2 inbound (b v2)
+B_SIDECAR = {"v1": "b-1", "v2": "b-2"}
 _CURL = re.compile(r"^\$ curl -H 'x-request-id: ([^']+)' (\S+)$", re.MULTILINE)
 
 
@@ -63,13 +64,29 @@ def assert_each_request_went_through_both_sidecars(out: str, expected: int) -> N
     assert len(blocks) == expected, out
     for request_id, text in blocks:
         assert "hello from a (v1)" in text, text
-        assert "hello from b (v1)" in text, text  # b's answer, relayed by a
+        version = re.search(r"hello from b \((v\d)\)", text)  # b's answer, relayed by a
+        assert version, text
         assert f"x-request-id: {request_id}" in text, text  # b saw the id the client sent
-        for n, hop in enumerate(HOPS, 1):
+        hops = (*HOPS, f"{B_SIDECAR[version.group(1)]} inbound")  # the b that answered logged
+        for n, hop in enumerate(hops, 1):
             line = next((ln for ln in text.splitlines() if ln.startswith(f"  {n}. {hop} ")), "")
             assert line, f"no {hop} line for {request_id}:\n{text}"
             assert f'"{request_id}"' in line, line
             assert re.search(r'"[A-Z]+ \S+ HTTP/1\.1" 200 ', line), line
+
+
+def assert_canary_split(out: str) -> None:
+    """95/5 between b v1 and v2 within binomial bounds, and the Android rule sending all to v2."""
+    section = out[out.index("--- the canary ") :]
+    assert "200 requests to a; b answered from:" in section, section
+    counts = [int(n) for n in re.findall(r"^    v[12]: +(\d+)", section, re.MULTILINE)]
+    assert len(counts) == 4, section  # v1, v2 of the split; v1, v2 of the header rule
+    v1, v2, android_v1, android_v2 = counts
+    assert v1 + v2 == 200, section
+    # 5 % of 200: mean 10, sd 3.1; 0 (p = 3.5e-5) or more than 25 (5 sd) means the split is off.
+    assert 1 <= v2 <= 25, section
+    assert (android_v1, android_v2) == (0, 5), section
+    assert "no answer from b" not in section, section
 
 
 def address_free(host: str, port: int) -> bool:
@@ -89,6 +106,7 @@ def test_demo_shows_each_request_through_both_sidecars_then_stops() -> None:
     assert took < 60, f"took {took:.1f} s"
     assert_each_request_went_through_both_sidecars(out, expected=2)
     assert "2 of 2 requests answered 200; 2 of 2 left all 3 access-log lines." in out
+    assert_canary_split(out)
     for host, port in (("127.0.0.10", 9080), ("127.0.0.20", 9080), ("127.0.0.10", 18081)):
         assert address_free(host, port), f"{host}:{port} still in use after the demo"
 
@@ -143,7 +161,7 @@ def test_demo_keep_running_serves_until_ctrl_c() -> None:
                 seen.append(lines.get(timeout=1.0))
         answer = fetch("http://127.0.0.10:9080/", [("x-request-id", "by-hand")], 10.0)
         assert answer.status == 200, answer
-        assert "hello from b (v1)" in answer.body
+        assert re.search(r"hello from b \(v[12]\)", answer.body), answer.body
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=30) == 0
     finally:

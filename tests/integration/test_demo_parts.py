@@ -52,7 +52,7 @@ def test_app_a_relays_b_and_forwards_request_id_and_b3(apps: tuple[str, str]) ->
     sent = [("x-request-id", "rid-1"), ("x-b3-traceid", "80f198ee56343ba8"), ("x-b3-sampled", "1")]
     answer = fetch(a_url + "/", sent, 5.0)
     assert answer.status == 200, answer
-    assert answer.body.startswith(f"hello from a (v1); http://{B_HOST}/hello answered 200:")
+    assert answer.body.startswith(f"hello from a (v1); http://{B_HOST}/api/v1/hello answered 200:")
     assert "  hello from b (v1)" in answer.body
     assert f"host: {B_HOST}" in answer.body
     assert "x-request-id: rid-1" in answer.body
