@@ -13,12 +13,11 @@ paused). The exchange completes when both the request and the response have ende
 upstream connection goes back to its pool if both sides kept it clean, the StreamInfo is logged,
 and the connection manager moves on to the next (pipelined) request.
 
-Route policies run in `start` in Envoy's filter order (route_actions.py, cors.py, fault.py): CORS
-(preflights answered here; allowed origins noted for the response), fault delay (the request
-waits on a timer, its body buffered) and abort, redirect, direct response, then forwarding: the
-weighted destination, forwarding headers, header edits and rewrite, the endpoint (hashed when
-the cluster has a hash policy; released once when the stream ends), mirrors (mirror.py). Routes
-without policies skip all of it with one test.
+Route policies (CORS, fault injection, redirect, direct response: route_stage.py) run in `start`
+before forwarding; forwarding picks the weighted destination, applies forwarding headers, header
+edits and rewrite, chooses the endpoint (hashed when the cluster has a hash policy; released once
+when the stream ends) and starts mirrors (mirror.py). Routes without policies skip the policy
+stage with one test.
 
 Failures become Envoy's local replies with response flags, in one place (`fail`): before the
 response head was sent, a synthetic response (404 NR, 503 NC/UH/UF/UC, 502 UPE, 504 UT); after, a
@@ -31,11 +30,11 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING, Protocol
 
-from sidecar.http import cors, grpc, local_reply
-from sidecar.http.fault import ABORT_BODY, FaultPolicy
+from sidecar.http import grpc, local_reply
 from sidecar.http.headers import apply_forwarding
-from sidecar.http.mirror import MirrorSet, start_mirrors
-from sidecar.http.route_actions import CompiledOps, RouteActions, edit_response, redirect_location
+from sidecar.http.mirror import MirrorSet
+from sidecar.http.route_actions import CompiledOps, RouteActions, edit_response
+from sidecar.http.route_stage import RouteStage
 from sidecar.http.router import CompiledRoute, RouteTable
 from sidecar.http.stream import END, End, Headers, RequestHead, ResponseHead, UpstreamRequest
 from sidecar.http.stream_info import finish_request
@@ -47,7 +46,7 @@ from sidecar.upstream.http1_pool import Http1Pool
 from sidecar.upstream.pools import http_pool, upstream_http2
 
 if TYPE_CHECKING:
-    from sidecar.config.snapshot import Endpoint, Mirror
+    from sidecar.config.snapshot import Endpoint
     from sidecar.upstream.cluster import ClusterState
 
 PENDING_LIMIT = 64 * 1024  # request body buffered while the upstream connection is being made
@@ -80,23 +79,19 @@ class DownstreamConn(Protocol):
                         tail: bytes) -> None: ...
 
 
-class ActiveStream:
+class ActiveStream(RouteStage):
     """One request and its response; also the upstream connection's ResponseSink."""
 
     __slots__ = (
-        "_pending",
         "_pending_bytes",
-        "_timer",
         "attached",
         "conn",
         "done",
         "endpoint",
         "head",
         "info",
-        "mirrors",
         "pool",
         "request_done",
-        "resp_extra",
         "resp_ops",
         "response_done",
         "response_started",
@@ -155,67 +150,6 @@ class ActiveStream:
         else:
             self._forward(r, None)  # the connection manager flushes once the events are in
 
-    def _filters(self, r: CompiledRoute, acts: RouteActions) -> None:
-        """CORS, then fault delay (Envoy's filter order); then the route's action."""
-        policy = acts.cors
-        if policy is not None:
-            kind, extra = policy.decide(self.head)
-            if kind == cors.ANSWER:
-                self._local(200, b"", extra)
-                return
-            self.resp_extra = extra
-        fault = acts.fault
-        if fault is not None:
-            delay = fault.delay()
-            if delay is not None:
-                self.info.response_flags |= ResponseFlag.DI
-                self._pending = []  # the request body waits (bounded, then reading pauses)
-                self._timer = asyncio.get_running_loop().call_later(delay, self._delay_over)
-                return
-        self._act(r, acts)
-
-    def _delay_over(self) -> None:
-        self._timer = None
-        r = self.route
-        if self.done or r is None or r.actions is None:
-            return
-        self._act(r, r.actions)
-        timeout = r.route.timeout
-        if self.state is not None and not self.response_done and self.request_done and timeout \
-                and self._timer is None:
-            self._timer = asyncio.get_running_loop().call_later(timeout, self._on_timeout)
-        self.flush()
-
-    def _act(self, r: CompiledRoute, acts: RouteActions) -> None:
-        """Fault abort, redirect, direct response, or forwarding."""
-        route = r.route
-        fault = acts.fault
-        if fault is not None and fault.abort():
-            self._abort(fault)
-            return
-        rd = route.redirect
-        if rd is not None:
-            location = redirect_location(self.head, rd, self.conn.downstream.local[1])
-            self._local(rd.code, b"", self._route_headers(acts, [(b"location", location)]))
-        elif route.direct_status is not None:
-            self._local(route.direct_status, route.direct_body, self._route_headers(acts, []))
-        else:
-            self._forward(r, acts)
-
-    @staticmethod
-    def _route_headers(acts: RouteActions, headers: Headers) -> Headers:
-        ops = acts.response_ops
-        return ops.edit_response(headers) if ops is not None else headers
-
-    def _abort(self, fault: FaultPolicy) -> None:
-        self.info.response_flags |= ResponseFlag.FI
-        code = fault.grpc_status
-        if code is not None:
-            self.info.grpc_status = code
-            self._local(200, b"", grpc.local_reply_headers(code, ABORT_BODY))
-        else:
-            self._local(fault.http_status or 500, ABORT_BODY)
-
     def _forward(self, r: CompiledRoute, acts: RouteActions | None) -> None:
         """Pick the destination, edit the head, choose the endpoint, send upstream."""
         head = self.head
@@ -268,16 +202,6 @@ class ActiveStream:
         if rid is not None:
             info.request_id = rid.decode("latin-1")
         self._dispatch(pool)
-
-    def _start_mirrors(self, mirrors: tuple[Mirror, ...], timeout: float | None) -> None:
-        m = start_mirrors(self.conn.runtime, self.head, mirrors, self.conn.remote_ip, timeout)
-        self.mirrors = m
-        if m is not None and self._pending:  # body that arrived during a fault delay
-            for ev in self._pending:
-                if type(ev) is bytes:
-                    m.data(ev)
-                else:
-                    m.end(ev)  # type: ignore[arg-type]
 
     def _dispatch(self, pool: Http1Pool | Http2Pool) -> UpstreamRequest | None:
         """Attach an idle upstream (returned; the caller flushes) or start connecting one."""
