@@ -1,10 +1,11 @@
 """Route-table scaling: per-request cost with 1, 100 and 10,000 virtual hosts, beside nginx.
 
-Theory of operation: for each count N, a mesh config with N Kubernetes Services (one HTTP port,
-all backed by the same WorkloadEntry: the nginx upstream) and one VirtualService per service
-(five routes: an exact path, two prefixes, a header match and a regex, then a catch-all) is
-rendered, and `sidecar run` serves it on a Sidecar egress listener, so its route config "PORT"
-holds N virtual hosts with the domains Istio gives each service. nginx gets the same N host
+Theory of operation: for each count N, a mesh config with N Kubernetes Services (one HTTP port)
+and one VirtualService per service (five routes: an exact path, two prefixes, a header match and
+a regex, then a catch-all) is rendered, and `sidecar run` serves it on a Sidecar egress
+listener, so its route config "PORT" holds N virtual hosts with the domains Istio gives each
+service. Every route sends to one `backend` Service (the nginx upstream), so the upstream
+connection pool is the same at every N and only the route table grows. nginx gets the same N host
 names as N `server` blocks. wrk drives both with a Lua script that picks a random service host
 and a random path for every request, so no lookup is served from one warm entry. The proxy's
 CPU is read around the measured run: CPU us/request at N divided by the same at N=1 is the
@@ -72,6 +73,14 @@ spec:
     bind: 127.0.0.1
     captureMode: NONE
     hosts: ["./*"]
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: backend, namespace: default}}
+spec:
+  clusterIP: 10.95.0.1
+  selector: {{app: upstream}}
+  ports: [{{name: http, port: {port}, targetPort: {upstream_port}}}]
 """]
     for i in range(count):
         name = f"svc-{i}"
@@ -80,7 +89,7 @@ kind: Service
 metadata: {{name: {name}, namespace: default}}
 spec:
   clusterIP: 10.{96 + i // 65536}.{i // 256 % 256}.{i % 256}
-  selector: {{app: upstream}}
+  selector: {{app: {name}}}
   ports: [{{name: http, port: {port}, targetPort: {upstream_port}}}]
 ---
 apiVersion: networking.istio.io/v1beta1
@@ -90,14 +99,14 @@ spec:
   hosts: [{name}]
   http:
   - match: [{{uri: {{exact: /api/v1/items}}}}]
-    route: [{{destination: {{host: {name}}}}}]
+    route: [{{destination: {{host: backend}}}}]
   - match: [{{uri: {{prefix: /static/}}}}, {{uri: {{prefix: /assets/}}}}]
-    route: [{{destination: {{host: {name}}}}}]
+    route: [{{destination: {{host: backend}}}}]
   - match: [{{headers: {{x-canary: {{exact: "yes"}}}}}}]
-    route: [{{destination: {{host: {name}}}}}]
+    route: [{{destination: {{host: backend}}}}]
   - match: [{{uri: {{regex: "/reviews/[0-9]+"}}}}]
-    route: [{{destination: {{host: {name}}}}}]
-  - route: [{{destination: {{host: {name}}}}}]
+    route: [{{destination: {{host: backend}}}}]
+  - route: [{{destination: {{host: backend}}}}]
 """)
     return "---\n".join(docs)
 
