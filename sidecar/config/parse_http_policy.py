@@ -13,6 +13,7 @@ from __future__ import annotations
 from sidecar.config import parse_routing_common as common
 from sidecar.config.nodes import Fields, Node
 from sidecar.config.resources_routing import (
+    GRPC_STATUS,
     CorsPolicy,
     FaultAbort,
     FaultDelay,
@@ -22,25 +23,6 @@ from sidecar.config.resources_routing import (
     StringMatch,
 )
 
-GRPC_STATUS = (
-    "OK",
-    "CANCELLED",
-    "UNKNOWN",
-    "INVALID_ARGUMENT",
-    "DEADLINE_EXCEEDED",
-    "NOT_FOUND",
-    "ALREADY_EXISTS",
-    "PERMISSION_DENIED",
-    "RESOURCE_EXHAUSTED",
-    "FAILED_PRECONDITION",
-    "ABORTED",
-    "OUT_OF_RANGE",
-    "UNIMPLEMENTED",
-    "INTERNAL",
-    "UNAVAILABLE",
-    "DATA_LOSS",
-    "UNAUTHENTICATED",
-)
 RETRY_ON = frozenset(
     {
         "5xx",

@@ -18,6 +18,28 @@ from sidecar.config.snapshot import Labels
 
 # --- shared ------------------------------------------------------------------------------------
 
+# gRPC status code names in code order (fault.abort.grpcStatus is written by name).
+GRPC_STATUS = (
+    "OK",
+    "CANCELLED",
+    "UNKNOWN",
+    "INVALID_ARGUMENT",
+    "DEADLINE_EXCEEDED",
+    "NOT_FOUND",
+    "ALREADY_EXISTS",
+    "PERMISSION_DENIED",
+    "RESOURCE_EXHAUSTED",
+    "FAILED_PRECONDITION",
+    "ABORTED",
+    "OUT_OF_RANGE",
+    "UNIMPLEMENTED",
+    "INTERNAL",
+    "UNAVAILABLE",
+    "DATA_LOSS",
+    "UNAUTHENTICATED",
+)
+
+
 
 @dataclass(frozen=True, slots=True)
 class StringMatch:

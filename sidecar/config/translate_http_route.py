@@ -18,6 +18,7 @@ from dataclasses import dataclass, replace
 from typing import Protocol
 
 from sidecar.config.resources_routing import (
+    GRPC_STATUS,
     CorsPolicy,
     Destination,
     HeaderOperations,
@@ -51,30 +52,7 @@ from sidecar.config.snapshot_routes import NO_HEADER_OPS, RetryPolicy
 
 MESH = "mesh"
 
-GRPC_CODES = {
-    name: code
-    for code, name in enumerate(
-        (
-            "OK",
-            "CANCELLED",
-            "UNKNOWN",
-            "INVALID_ARGUMENT",
-            "DEADLINE_EXCEEDED",
-            "NOT_FOUND",
-            "ALREADY_EXISTS",
-            "PERMISSION_DENIED",
-            "RESOURCE_EXHAUSTED",
-            "FAILED_PRECONDITION",
-            "ABORTED",
-            "OUT_OF_RANGE",
-            "UNIMPLEMENTED",
-            "INTERNAL",
-            "UNAVAILABLE",
-            "DATA_LOSS",
-            "UNAUTHENTICATED",
-        )
-    )
-}
+GRPC_CODES = {name: code for code, name in enumerate(GRPC_STATUS)}
 
 
 class Destinations(Protocol):
