@@ -40,6 +40,7 @@ from sidecar.runtime import Runtime
 from sidecar.upstream.cluster import ClusterManager
 from sidecar.upstream.dns import Resolver
 
+CLUSTER_WARM_TIMEOUT = 5.0  # seconds start-up waits for DNS clusters' first answers
 IP_FREEBIND = getattr(socket, "IP_FREEBIND", 15)  # Linux <netinet/in.h>
 
 log = logging.getLogger(__name__)
@@ -172,6 +173,11 @@ class ProxyServer:
         self._snapshot = snapshot
         self.cluster_manager.update(snapshot)
         self.cluster_manager.start()
+        # As Envoy: listeners open once clusters are warmed (DNS clusters resolved once), so
+        # the first requests do not find a DNS cluster empty; bounded, a slow DNS only delays.
+        for name in await self.cluster_manager.warm(CLUSTER_WARM_TIMEOUT):
+            log.warning("cluster %s: not resolved after %.0f s; starting without it", name,
+                        CLUSTER_WARM_TIMEOUT)
         for listener in snapshot.listeners:
             handle = ListenerHandle(listener, snapshot)
             try:

@@ -64,6 +64,9 @@ class ClusterCounters:
     upstream_cx_rx_bytes_total: int = 0
 
 
+DNS_DISCOVERY = (DiscoveryType.STRICT_DNS, DiscoveryType.LOGICAL_DNS)
+
+
 class ClusterState:
     """A cluster's run-time state: endpoints as currently known, balancer, pools, counters.
 
@@ -83,6 +86,7 @@ class ClusterState:
         "in_flight",
         "lb",
         "pools",
+        "warmed",
         "workload",
     )
 
@@ -93,7 +97,14 @@ class ClusterState:
         self._rng = new_rng()
         self._active: dict[Endpoint, int] = {}  # active requests/connections per endpoint
         self._counting = cluster.lb_policy is LbPolicy.LEAST_REQUEST
-        self.endpoints: tuple[Endpoint, ...] = cluster.endpoints
+        dns = cluster.discovery in DNS_DISCOVERY
+        # A DNS cluster's endpoints are host names until resolved: none to pick before that.
+        self.endpoints: tuple[Endpoint, ...] = () if dns else cluster.endpoints
+        # Set once the cluster can serve: at once, or after a DNS cluster's first resolution
+        # (Envoy's cluster warming; the server binds listeners after it, bounded in time).
+        self.warmed = asyncio.Event()
+        if not dns:
+            self.warmed.set()
         self.lb = build_balancer(cluster, self.endpoints, workload, self._active, self._rng)
         self.pools: dict[Hashable, Pool] = {}
         self.counters = ClusterCounters()
@@ -149,10 +160,20 @@ class ClusterState:
                 self.cluster, endpoints, self.workload, self._active, self._rng
             )
 
+    def inherit(self, old: ClusterState) -> None:
+        """Take over what a rebuilt cluster keeps from its previous state: the counters, and a
+        DNS cluster resolving the same names keeps its addresses until its own first answer
+        (so a reload that changes only its policy never leaves it empty)."""
+        self.counters = old.counters
+        c, o = self.cluster, old.cluster
+        same_names = (c.endpoints, c.dns_name, c.dns_port) == (o.endpoints, o.dns_name, o.dns_port)
+        if c.discovery in DNS_DISCOVERY and old.warmed.is_set() and same_names:
+            self.set_endpoints(old.endpoints)
+            self.warmed.set()
+
     def start(self, resolver: Resolver) -> None:
         """Begin background work (DNS resolution) for this cluster; needs a running loop."""
-        dns = (DiscoveryType.STRICT_DNS, DiscoveryType.LOGICAL_DNS)
-        if self.cluster.discovery in dns and self._dns_task is None:
+        if self.cluster.discovery in DNS_DISCOVERY and self._dns_task is None:
             self._dns_task = asyncio.get_running_loop().create_task(
                 refresh_forever(self, resolver)
             )
@@ -196,7 +217,7 @@ class ClusterManager:
             else:
                 state = ClusterState(cluster, snapshot.workload)
                 if old is not None:
-                    state.counters = old.counters
+                    state.inherit(old)
                 new[name] = state
         for name, old in self._states.items():
             if new.get(name) is not old:
@@ -209,6 +230,17 @@ class ClusterManager:
     def start(self) -> None:
         for state in self._states.values():
             state.start(self.resolver)
+
+    async def warm(self, timeout: float) -> list[str]:
+        """Wait until every cluster is warmed (DNS clusters: first answer), at most `timeout`
+        seconds; the names of those still cold."""
+        cold = [s for s in self._states.values() if not s.warmed.is_set()]
+        if cold:
+            waits = [asyncio.ensure_future(s.warmed.wait()) for s in cold]
+            _, pending = await asyncio.wait(waits, timeout=timeout)
+            for w in pending:
+                w.cancel()
+        return [s.cluster.name for s in cold if not s.warmed.is_set()]
 
     def close(self) -> None:
         for state in self._states.values():

@@ -97,10 +97,13 @@ class DnsRefresher:
         )
 
     async def run(self) -> None:
-        """Refresh now, then whenever the answers expire, until cancelled."""
-        self.state.set_endpoints(())  # host names are not addresses: nothing until resolved
+        """Refresh now (the cluster is then warmed: it has its first answer, or a failure),
+        then whenever the answers expire, until cancelled."""
+        wait = await self.refresh()
+        self.state.warmed.set()
         while True:
-            await asyncio.sleep(await self.refresh())
+            await asyncio.sleep(wait)
+            wait = await self.refresh()
 
 
 async def resolve_once(state: ClusterState, resolver: Resolver) -> None:

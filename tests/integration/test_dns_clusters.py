@@ -212,3 +212,23 @@ async def test_slow_or_silent_dns_blocks_nothing_and_keeps_endpoints() -> None:
                 assert dns.count(BACKEND) > asked, f"{mode}: no refresh was attempted"
                 assert set(cluster_hosts(sc, ext)) == {f"{IPS[0]}:{port}"}
             assert sc.terminate() == 0
+
+
+async def test_listeners_open_after_dns_clusters_have_their_first_answer() -> None:
+    """Envoy's cluster warming: with a DNS server that takes 0.7 s to answer, the very first
+    request after the proxy accepts connections already finds the DNS cluster resolved (no 503
+    for an empty cluster); and a config reload that keeps the names keeps the addresses."""
+    async with upstreams() as port, TestDns("127.0.0.53") as dns:
+        dns_zone(dns)
+        dns.delay = 0.7
+        began = time.monotonic()
+        sc = sidecar(port, dns)
+        try:
+            # Started off the loop: the test DNS server answers on this loop meanwhile.
+            await asyncio.to_thread(sc.start)
+            assert time.monotonic() - began >= 0.7  # start-up waited for the answer
+            assert await get(port, "ext.default.svc.cluster.local") == (200, IPS[0])
+            assert await get(port, "api.example.internal") in {(200, IPS[0]), (200, IPS[1])}
+            assert sc.terminate() == 0
+        finally:
+            sc.__exit__()
