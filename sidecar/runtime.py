@@ -138,6 +138,7 @@ class Runtime:
         "connections",
         "counters",
         "draining",
+        "snapshot",
     )
 
     def __init__(
@@ -152,6 +153,10 @@ class Runtime:
         self.counters = ServerCounters()
         self.connections: set[Drainable] = set()
         self.draining = False
+        # The current snapshot (None until the server adopts one): route configs are looked up
+        # here per request, so a VirtualService change applies to open connections too (Envoy's
+        # RDS). Listeners, filter chains and their HCM settings stay as the connection began.
+        self.snapshot: Snapshot | None = None
 
     def connection_opened(self, conn: Drainable) -> None:
         self.connections.add(conn)

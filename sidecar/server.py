@@ -170,7 +170,7 @@ class ProxyServer:
             snapshot = build_snapshot(self.bootstrap)
         except ConfigError as exc:
             raise StartupError(f"invalid mesh config:\n{exc}") from exc
-        self._snapshot = snapshot
+        self._snapshot = self.runtime.snapshot = snapshot
         self.cluster_manager.update(snapshot)
         self.cluster_manager.start()
         # As Envoy: listeners open once clusters are warmed (DNS clusters resolved once), so
@@ -234,7 +234,8 @@ class ProxyServer:
 
     def _adopt(self, snapshot: Snapshot) -> None:
         self._snapshot = snapshot
-        self.cluster_manager.update(snapshot)
+        self.cluster_manager.update(snapshot)  # clusters first: the new routes name them
+        self.runtime.snapshot = snapshot
         self._reconcile_task = asyncio.get_running_loop().create_task(
             self._reconcile(snapshot.listeners, snapshot)
         )

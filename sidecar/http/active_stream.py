@@ -59,9 +59,12 @@ class DownstreamConn(Protocol):
 
     runtime: Runtime
     downstream: Downstream
-    table: RouteTable | None
     remote_ip: bytes
     write_paused: bool
+
+    @property
+    def table(self) -> RouteTable | None:
+        """The route table requests are routed by now (the current snapshot's)."""
 
     def send_head(self, stream: ActiveStream, head: ResponseHead) -> None: ...
     def send_data(self, data: bytes) -> None: ...

@@ -73,7 +73,13 @@ def describe_request(info: StreamInfo, head: RequestHead, protocol: str) -> None
 
 class HttpConnectionBase:
     """What either connection manager (HTTP/1.1, HTTP/2) holds for its requests: the runtime,
-    the connection's record, its route table (compiled once per route config) and labels."""
+    the connection's record, its labels, and the route table of the current snapshot.
+
+    The route table follows the snapshot the server has adopted, as Envoy's RDS does: each new
+    request routes by the current route config of the connection's name (compiled once per
+    config, looked up again only when the snapshot changed); a connection whose route config
+    is gone from the current snapshot keeps the one it began with.
+    """
 
     def __init__(
         self, runtime: Runtime, downstream: Downstream, config: HttpConnectionManager
@@ -81,7 +87,18 @@ class HttpConnectionBase:
         self.runtime = runtime
         self.downstream = downstream
         self.config = config
+        self._snapshot = downstream.snapshot
         rc = downstream.snapshot.route_configs.get(config.route_config)
-        self.table: RouteTable | None = route_table(rc) if rc is not None else None
+        self._table: RouteTable | None = route_table(rc) if rc is not None else None
         self.labels = ConnectionLabels(downstream)
         self.remote_ip = self.labels.remote_ip
+
+    @property
+    def table(self) -> RouteTable | None:
+        current = self.runtime.snapshot
+        if current is not None and current is not self._snapshot:
+            self._snapshot = current
+            rc = current.route_configs.get(self.config.route_config)
+            if rc is not None:
+                self._table = route_table(rc)
+        return self._table
