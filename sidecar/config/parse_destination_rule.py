@@ -16,7 +16,7 @@ from sidecar.config import parse_routing_common as common
 from sidecar.config.nodes import Fields, Node
 from sidecar.config.parse_load_balancer import load_balancer
 from sidecar.config.resources import ObjectMeta
-from sidecar.config.resources_routing import (
+from sidecar.config.resources_destination import (
     ClientTLSSettings,
     ConnectionPoolSettings,
     DestinationRule,

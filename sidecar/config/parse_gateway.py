@@ -17,7 +17,12 @@ from sidecar.config import parse_routing_common as common
 from sidecar.config.nodes import Fields, Node
 from sidecar.config.parse_istio import ISTIO_PROTOCOLS
 from sidecar.config.resources import ObjectMeta
-from sidecar.config.resources_routing import Gateway, GatewayPort, GatewayServer, GatewayTls
+from sidecar.config.resources_routing import (
+    Gateway,
+    GatewayPort,
+    GatewayServer,
+    GatewayTls,
+)
 
 TLS_MODES = (
     "PASSTHROUGH",

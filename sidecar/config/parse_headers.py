@@ -13,7 +13,11 @@ import re
 
 from sidecar.config.nodes import Node
 from sidecar.config.parse_routing_common import keyed, string_match
-from sidecar.config.resources_routing import HeaderOperations, HeadersPolicy, StringMatch
+from sidecar.config.resources_routing import (
+    HeaderOperations,
+    HeadersPolicy,
+    StringMatch,
+)
 
 # RFC 7230 token characters, lower-case letters only (Istio: header keys must be lower-case).
 _HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9a-z]+")

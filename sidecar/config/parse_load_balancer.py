@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from sidecar.config import parse_routing_common as common
 from sidecar.config.nodes import Node
-from sidecar.config.resources_routing import (
+from sidecar.config.resources_destination import (
     ConsistentHash,
     HTTPCookie,
     LoadBalancerSettings,

@@ -20,7 +20,10 @@ from typing import TypeVar
 
 from sidecar.config import names
 from sidecar.config.nodes import Fields, Node
-from sidecar.config.resources_routing import Destination, StringMatch
+from sidecar.config.resources_routing import (
+    Destination,
+    StringMatch,
+)
 from sidecar.errors import Severity
 
 T = TypeVar("T")

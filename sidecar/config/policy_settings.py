@@ -24,7 +24,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from typing import Any
 
-from sidecar.config.resources_routing import (
+from sidecar.config.resources_destination import (
     ClientTLSSettings,
     ConnectionPoolSettings,
     DestinationRule,

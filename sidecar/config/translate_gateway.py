@@ -33,7 +33,12 @@ from typing import Protocol as TypingProtocol
 from sidecar.bootstrap import Bootstrap
 from sidecar.config.registry import Notes
 from sidecar.config.resources import MeshConfig, ServerTls, labels_match
-from sidecar.config.resources_routing import Gateway, GatewayServer, GatewayTls, VirtualService
+from sidecar.config.resources_routing import (
+    Gateway,
+    GatewayServer,
+    GatewayTls,
+    VirtualService,
+)
 from sidecar.config.snapshot import (
     Direction,
     FilterChain,

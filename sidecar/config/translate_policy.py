@@ -29,7 +29,10 @@ from dataclasses import dataclass, replace
 from sidecar.config import policy_settings
 from sidecar.config.registry import MeshPort, MeshService, Notes
 from sidecar.config.resources import MeshConfig
-from sidecar.config.resources_routing import DestinationRule, Subset
+from sidecar.config.resources_destination import (
+    DestinationRule,
+    Subset,
+)
 from sidecar.config.scope import ROOT_NAMESPACE
 from sidecar.config.snapshot import Cluster, DiscoveryType, Labels, Workload
 

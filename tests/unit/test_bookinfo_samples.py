@@ -8,9 +8,12 @@ import pytest
 
 from sidecar.config.load import load_paths
 from sidecar.config.resources import MeshConfig
+from sidecar.config.resources_destination import (
+    DestinationRule,
+    Subset,
+)
 from sidecar.config.resources_routing import (
     Destination,
-    DestinationRule,
     FaultAbort,
     FaultDelay,
     Gateway,
@@ -18,7 +21,6 @@ from sidecar.config.resources_routing import (
     HTTPFaultInjection,
     HTTPRouteDestination,
     StringMatch,
-    Subset,
     VirtualService,
 )
 from sidecar.errors import Severity

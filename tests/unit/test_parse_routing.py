@@ -8,12 +8,24 @@ import pytest
 
 from sidecar.config.load import load_text
 from sidecar.config.resources import MeshConfig
-from sidecar.config.resources_routing import (
+from sidecar.config.resources_destination import (
     ConnectionPoolSettings,
     ConsistentHash,
+    DestinationRule,
+    HTTPCookie,
+    HTTPSettings,
+    LoadBalancerSettings,
+    LocalityFailover,
+    LocalityLbSetting,
+    OutlierDetection,
+    PortTrafficPolicy,
+    Subset,
+    TCPSettings,
+    TrafficPolicy,
+)
+from sidecar.config.resources_routing import (
     CorsPolicy,
     Destination,
-    DestinationRule,
     FaultAbort,
     FaultDelay,
     Gateway,
@@ -22,7 +34,6 @@ from sidecar.config.resources_routing import (
     GatewayTls,
     HeaderOperations,
     HeadersPolicy,
-    HTTPCookie,
     HTTPDirectResponse,
     HTTPFaultInjection,
     HTTPMatchRequest,
@@ -32,22 +43,13 @@ from sidecar.config.resources_routing import (
     HTTPRewrite,
     HTTPRoute,
     HTTPRouteDestination,
-    HTTPSettings,
     L4MatchAttributes,
-    LoadBalancerSettings,
-    LocalityFailover,
-    LocalityLbSetting,
-    OutlierDetection,
-    PortTrafficPolicy,
     RegexRewrite,
     RouteDestination,
     StringMatch,
-    Subset,
     TCPRoute,
-    TCPSettings,
     TLSMatchAttributes,
     TLSRoute,
-    TrafficPolicy,
     VirtualService,
 )
 from sidecar.errors import ConfigError, Severity
