@@ -42,6 +42,16 @@ _UNIT_NS = {
     "h": 3_600_000_000_000,
 }
 MAX_REGEX = 1024  # Istio's limit on a regex's length (Envoy's RE2 program size, approximated)
+# Python `re` syntax RE2 refuses (Istio validates with Go's regexp, Envoy compiles with RE2).
+_NOT_RE2 = (
+    ("(?=", "lookahead"),
+    ("(?!", "negative lookahead"),
+    ("(?<=", "lookbehind"),
+    ("(?<!", "negative lookbehind"),
+    ("(?>", "atomic group"),
+    ("(?P=", "backreference"),
+    ("(?(", "conditional group"),
+)
 
 
 def error_at(f: Fields, key: str, reason: str) -> None:
@@ -149,7 +159,40 @@ def compiles(node: Node, pattern: str) -> bool:
         where = "" if exc.pos is None else f" at position {exc.pos}"
         node.error(f"invalid regex {pattern!r}: {exc.msg}{where}")
         return False
+    unsupported = _not_re2(pattern)
+    if unsupported is not None:
+        what, pos = unsupported
+        node.error(f"invalid regex {pattern!r}: RE2 has no {what} (at position {pos})")
+        return False
     return True
+
+
+def _not_re2(pattern: str) -> tuple[str, int] | None:
+    """The first construct of a (compiling) Python regex that RE2 lacks, and where."""
+    i, in_class, n = 0, False, len(pattern)
+    while i < n:
+        c = pattern[i]
+        if c == "\\":
+            if not in_class and pattern[i + 1:i + 2] in tuple("123456789"):
+                return "backreference", i
+            i += 2
+            continue
+        if in_class:
+            in_class = c != "]"
+        elif c == "[":
+            in_class = True
+            i += 1 + pattern.startswith("^", i + 1)  # skip "[" and a negating "^"
+            if pattern.startswith("]", i):  # a leading "]" is literal
+                i += 1
+            continue
+        elif c == "(":
+            for prefix, what in _NOT_RE2:
+                if pattern.startswith(prefix, i):
+                    return what, i
+        elif c in "*+?}" and pattern[i + 1:i + 2] == "+":
+            return "possessive quantifier", i
+        i += 1
+    return None
 
 
 def string_match(node: Node, *, empty_prefix_ok: bool = False) -> StringMatch | None:

@@ -184,10 +184,13 @@ class ActiveStream(RouteStage):
             if dest_ops is not None or acts.response_ops is not None:
                 self.resp_ops = (dest_ops, acts.response_ops)
         if cluster.hash_policy is None:
-            ds = conn.downstream
-            endpoint = state.choose(ds.original_dst or ds.local)
+            # Only a redirected connection has an original destination (Envoy: the local
+            # address counts only when restored); a listener's own address would loop back here.
+            endpoint = state.choose(conn.downstream.original_dst)
         else:
-            endpoint, cookie = state.choose_hashed(head, conn.remote_ip)
+            (rip, rport), (lip, lport) = conn.downstream.remote, conn.downstream.local
+            endpoint, cookie = state.choose_hashed(
+                head, conn.remote_ip, f"{rip}:{rport}>{lip}:{lport}".encode())
             if cookie is not None:
                 self.resp_extra = [*(self.resp_extra or ()), (b"set-cookie", cookie)]
         if endpoint is None:

@@ -133,7 +133,7 @@ class TcpProxyProtocol(asyncio.Protocol):
             self._fail(ResponseFlag.NC, "cluster_not_found")
             return
         self._state = state
-        endpoint = state.choose(self._downstream.original_dst or self._downstream.local)
+        endpoint = state.choose(self._downstream.original_dst)  # None unless redirected
         if endpoint is None:
             self._fail(ResponseFlag.UH, "no_healthy_upstream")
             return

@@ -124,14 +124,15 @@ class ClusterState:
         return ep
 
     def choose_hashed(
-        self, head: RequestHead, remote_ip: bytes
+        self, head: RequestHead, remote_ip: bytes, connection: bytes | None = None
     ) -> tuple[Endpoint | None, bytes | None]:
         """For clusters with a hash policy: the endpoint for this request's key, and a
-        Set-Cookie value to add to the response when the policy's cookie had to be generated."""
+        Set-Cookie value to add to the response when the policy's cookie had to be generated
+        (derived from `connection`, the downstream connection's addresses, as Envoy does)."""
         policy = self.cluster.hash_policy
         if policy is None or self._original_dst:
             return self.choose(None), None
-        key, cookie = request_key(policy, head, remote_ip)
+        key, cookie = request_key(policy, head, remote_ip, connection)
         ep = self.lb.pick(key)
         if ep is not None and self._counting:
             active = self._active

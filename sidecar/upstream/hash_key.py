@@ -3,8 +3,10 @@
 
 Theory of operation: the key is hash64 of the chosen value; no value means no key, and the
 balancer then picks at random, as Envoy does. A cookie policy with a `ttl` whose cookie is absent
-generates the cookie as Envoy does: the value is derived from the client's address (so a client
-that drops the cookie still lands on the same endpoint), the request is hashed by that value, and
+generates the cookie as Envoy does: the value is derived from the downstream connection (client
+address and port, and the address it reached; clients sharing an address, behind one gateway
+or NAT, get sessions of their own; the caller passes only the client's IP when it has no
+connection, e.g. a mirrored copy), the request is hashed by that value, and
 the caller adds the returned Set-Cookie value to the response; from then on the client presents
 the cookie and is hashed by the same value. ttl 0 makes it a session cookie (no Max-Age). A
 cookie policy without a ttl never generates one.
@@ -47,9 +49,9 @@ def query_value(path: bytes, name: bytes) -> bytes | None:
     return None
 
 
-def generated_cookie(remote_ip: bytes) -> bytes:
-    """A cookie value for a client without one: 16 hex digits derived from its address."""
-    return b"%016x" % hash64(b"cookie:" + remote_ip)
+def generated_cookie(connection: bytes) -> bytes:
+    """A cookie value for a client without one: 16 hex digits derived from its connection."""
+    return b"%016x" % hash64(b"cookie:" + connection)
 
 
 def set_cookie(policy: HashPolicy, value: bytes) -> bytes:
@@ -64,9 +66,11 @@ def set_cookie(policy: HashPolicy, value: bytes) -> bytes:
 
 
 def request_key(
-    policy: HashPolicy, head: RequestHead, remote_ip: bytes
+    policy: HashPolicy, head: RequestHead, remote_ip: bytes, connection: bytes | None = None
 ) -> tuple[int | None, bytes | None]:
-    """(key, Set-Cookie value or None) for this request; key None: no value to hash by."""
+    """(key, Set-Cookie value or None) for this request; key None: no value to hash by.
+    `connection` identifies the downstream connection a generated cookie derives from
+    (default: `remote_ip`)."""
     if policy.header:
         value = head.header(policy.header.encode())
         return (hash64(value) if value is not None else None), None
@@ -78,7 +82,7 @@ def request_key(
             return hash64(value), None
         if policy.cookie_ttl is None:
             return None, None
-        value = generated_cookie(remote_ip)
+        value = generated_cookie(remote_ip if connection is None else connection)
         return hash64(value), set_cookie(policy, value)
     if policy.source_ip:
         return hash64(remote_ip), None
