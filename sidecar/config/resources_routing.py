@@ -3,9 +3,10 @@
 
 Theory of operation: same contract as `resources.py`: the parsers (`parse_virtual_service.py`,
 `parse_http_route.py`, `parse_gateway.py`) fill these frozen dataclasses and nothing else reads
-YAML; the translators (`translate_routes.py`, `translate_gateway.py`) read only these. Field names are Istio's in snake case. Durations are float seconds; percentages
-are floats in 0..100. A field the user did not write is None (or empty), so the translator can
-tell "unset" (take the default, or the enclosing level's value) from a written zero.
+YAML; the translators (`translate_routes.py`, `translate_gateway.py`) read only these. Field names
+are Istio's in snake case. Durations are float seconds; percentages are floats in 0..100. A field
+the user did not write is None (or empty), so the translator can tell "unset" (take the default, or
+the enclosing level's value) from a written zero.
 """
 
 from __future__ import annotations
