@@ -253,6 +253,36 @@ def table(rows: list[Row]) -> str:
     return "\n".join(lines)
 
 
+def route_lookup_ns(count: int, port: int = 18080, lookups: int = 50_000) -> float:
+    """In-process: nanoseconds per `RouteTable.route()` for random hosts and paths, best of 5
+    (the route table alone, without the network: the matching cost the issue bounds)."""
+    from sidecar.bootstrap import Bootstrap
+    from sidecar.config.load import load_text
+    from sidecar.config.translate import translate
+    from sidecar.http.router import route_table
+    from sidecar.http.stream import RequestHead
+
+    boot = Bootstrap(pod_name="bench-1", pod_namespace="default", outbound_port=0,
+                     inbound_port=0)
+    snap = translate(load_text(mesh_config(count, port, 8080)), boot)
+    table = route_table(snap.route_configs[str(port)])
+    rng = random.Random(count)
+    heads = []
+    for _ in range(lookups):
+        head = RequestHead(b"GET", rng.choice(PATHS).encode(), [(b"x-canary", b"no")])
+        head.authority = host(rng.randrange(count)).encode()
+        heads.append(head)
+    if any(table.route(h) is None for h in heads[:100]):
+        raise HarnessError(f"{count} hosts: a request found no route")
+    best = float("inf")
+    for _ in range(5):
+        began = time.perf_counter_ns()
+        for h in heads:
+            table.route(h)
+        best = min(best, (time.perf_counter_ns() - began) / lookups)
+    return best
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--counts", default="1,100,10000", help="virtual-host counts")
@@ -261,9 +291,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--only", default="nginx,sidecar", help="proxies: nginx,sidecar")
     parser.add_argument("--rounds", type=int, default=1, help="interleaved rounds (median)")
+    parser.add_argument("--micro", action="store_true",
+                        help="only time the route table in-process (ns per lookup)")
     args = parser.parse_args(argv)
     counts = [int(c) for c in args.counts.split(",") if c.strip()]
     only = {p.strip() for p in args.only.split(",")}
+    if args.micro:
+        base = 0.0
+        print("| virtual hosts | ns per route lookup | vs fewest hosts |\n|---|---|---|")
+        for count in counts:
+            ns = route_lookup_ns(count)
+            base = base or ns
+            print(f"| {count:,} | {ns:,.0f} | {ns / base:.2f}x |", flush=True)
+        return 0
     rows: list[Row] = []
     with tempfile.TemporaryDirectory(prefix="sidecar-vhosts-") as tmp_name, \
             ProcessSet(Path(tmp_name)) as procs:

@@ -330,10 +330,12 @@ class RouteTable:
     def route(self, head: RequestHead) -> CompiledRoute | None:
         """The first route of the matching virtual host, or None (404 NR)."""
         authority = head.authority
-        memo = self._memo
-        vh = memo[authority] if authority in memo else self._lookup(authority)
+        vh = self._exact.get(authority)  # most requests: an exact, already lower-case name
         if vh is None:
-            return None
+            memo = self._memo  # upper case, wildcards, misses: remembered per Host value
+            vh = memo[authority] if authority in memo else self._lookup(authority)
+            if vh is None:
+                return None
         return vh.match(head)
 
 
