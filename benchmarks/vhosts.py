@@ -27,7 +27,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import loadgen
-from procs import HarnessError, ProcessSet, Started, cpu_seconds, free_port, process_tree
+from procs import (
+    HarnessError,
+    Pinning,
+    ProcessSet,
+    Started,
+    cpu_seconds,
+    free_port,
+    process_tree,
+)
 from proxies import SIDECAR_BIN, _wait_ports, _wait_ready
 from upstream import nginx_binary, start_upstreams
 
@@ -160,10 +168,11 @@ def measure(started: Started, port: int, count: int, script: Path, args: argpars
             row: Row) -> None:
     url = f"http://127.0.0.1:{port}/"
     pids = process_tree(started.pid)
+    prefix = args.pinning.wrap([], "load")
     if args.warmup > 0:
-        loadgen.run_wrk(url, args.warmup, args.connections, 1, script=script)
+        loadgen.run_wrk(url, args.warmup, args.connections, 1, prefix, script=script)
     before = cpu_seconds(pids)
-    load = loadgen.run_wrk(url, args.duration, args.connections, 1, script=script)
+    load = loadgen.run_wrk(url, args.duration, args.connections, 1, prefix, script=script)
     spent = cpu_seconds(pids) - before
     if load.error or load.non_2xx or load.errors:
         row.error = load.error or f"{load.non_2xx} non-2xx, {load.errors} socket errors"
@@ -291,10 +300,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--only", default="nginx,sidecar", help="proxies: nginx,sidecar")
     parser.add_argument("--rounds", type=int, default=1, help="interleaved rounds (median)")
+    parser.add_argument("--pin", action="store_true",
+                        help="the proxy on CPU 1, upstream and wrk on CPU 0 (taskset)")
     parser.add_argument("--micro", action="store_true",
                         help="only time the route table in-process (ns per lookup)")
     args = parser.parse_args(argv)
     counts = [int(c) for c in args.counts.split(",") if c.strip()]
+    args.pinning = Pinning(proxy="1", load="0") if args.pin else Pinning()
     only = {p.strip() for p in args.only.split(",")}
     if args.micro:
         base = 0.0
@@ -306,7 +318,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     rows: list[Row] = []
     with tempfile.TemporaryDirectory(prefix="sidecar-vhosts-") as tmp_name, \
-            ProcessSet(Path(tmp_name)) as procs:
+            ProcessSet(Path(tmp_name), args.pinning) as procs:
         tmp = Path(tmp_name)
         up = start_upstreams(procs, tmp)
         for _ in range(args.rounds):
