@@ -1,4 +1,4 @@
-"""`sidecar run | validate | iptables | demo`: the command line.
+"""`sidecar run | validate | iptables | demo | traces`: the command line.
 
 `run` builds the Bootstrap (defaults < PROXY_CONFIG < Istio environment variables < flags), starts
 the proxy on uvloop and serves until SIGTERM. Other subcommands register themselves from their
@@ -144,6 +144,7 @@ def parser() -> argparse.ArgumentParser:
     from sidecar.capture.cli import register as register_iptables
     from sidecar.config.validate import register as register_validate
     from sidecar.demo.cli import register as register_demo
+    from sidecar.observability.collector import register as register_traces
 
     p = argparse.ArgumentParser(prog="sidecar", description=__doc__.splitlines()[0])
     p.add_argument("--version", action="version", version=f"sidecar {__version__}")
@@ -152,6 +153,7 @@ def parser() -> argparse.ArgumentParser:
     register_validate(sub)
     register_iptables(sub)
     register_demo(sub)
+    register_traces(sub)
     return p
 
 
