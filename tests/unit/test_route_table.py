@@ -141,6 +141,16 @@ def _best_of(fn: Callable[[], object], n: int = 3000, repeat: int = 5) -> float:
     return best
 
 
+def _best_of_pair(a: Callable[[], object], b: Callable[[], object],
+                  rounds: int = 7) -> tuple[float, float]:
+    """Best times of `a` and `b`, measured alternately, so a slow moment hits both alike."""
+    best_a = best_b = float("inf")
+    for _ in range(rounds):
+        best_a = min(best_a, _best_of(a, repeat=1))
+        best_b = min(best_b, _best_of(b, repeat=1))
+    return best_a, best_b
+
+
 def _many_hosts(n: int) -> RouteConfig:
     hosts = [_vh(f"h{i}", f"svc{i}.ns.svc.cluster.local", f"*.w{i}.example.com", f"p{i}-*")
              for i in range(n)]
@@ -155,9 +165,10 @@ def test_lookup_cost_flat_in_virtual_hosts() -> None:
     found = big.lookup_uncached(b"p777-x")
     assert found is not None and found.vhost.name == "h777"
     for host in (b"svc0.ns.svc.cluster.local", b"a.w0.example.com", b"p0-x", b"nomatch.other"):
-        t_small = _best_of(partial(small.lookup_uncached, host))
-        t_big = _best_of(partial(big.lookup_uncached, host))
-        assert t_big < 3 * t_small, (host, t_small, t_big)  # linear would be ~10,000x
+        t_small, t_big = _best_of_pair(partial(small.lookup_uncached, host),
+                                       partial(big.lookup_uncached, host))
+        # A scan would be ~10,000x; cache effects and a loaded CI machine stay well under 10x.
+        assert t_big < 10 * t_small, (host, t_small, t_big)
 
 
 def test_route_match_cost_flat_in_routes_of_a_virtual_host() -> None:
@@ -170,9 +181,9 @@ def test_route_match_cost_flat_in_routes_of_a_virtual_host() -> None:
 
     small, big = route_table(vhost(10)), route_table(vhost(5000))
     for path in (b"/svc/9/item", b"/pre/9/x?y", b"/none"):
-        t_small = _best_of(partial(small.route, _head(path)))
-        t_big = _best_of(partial(big.route, _head(path)))
-        assert t_big < 3 * t_small, (path, t_small, t_big)
+        t_small, t_big = _best_of_pair(partial(small.route, _head(path)),
+                                       partial(big.route, _head(path)))
+        assert t_big < 10 * t_small, (path, t_small, t_big)  # a scan would be ~500x
     r = big.route(_head(b"/svc/4999/item?x"))
     assert r is not None and r.route.name == "e4999"
     r = big.route(_head(b"/pre/4999/a"))
