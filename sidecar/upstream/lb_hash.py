@@ -16,7 +16,12 @@ capped (MAX_RING_POINTS); only then do counts scale down.
 Maglev: a lookup table of a prime size M; each endpoint has a permutation of the slots
 (offset + i*skip mod M, both from its name's hash) and, in turns, claims its next free slot;
 heavier endpoints take turns proportionally more often. Removing an endpoint moves its keys and
-only a few others (Maglev's bounded disruption).
+only a few others (Maglev's bounded disruption). A table size above MAX_MAGLEV_TABLE is built at
+that size (a fixed cap, so it never depends on the endpoint count).
+
+Both caps exist because the tables are built in Python on the event loop: Envoy builds a
+5,000,011-slot Maglev table or an 8M-point ring in milliseconds, here it took seconds per
+cluster (and per subset), freezing all traffic at every load and reload.
 """
 
 from __future__ import annotations
@@ -27,7 +32,8 @@ from hashlib import blake2b
 
 from sidecar.config.snapshot import Endpoint
 
-MAX_RING_POINTS = 1 << 18  # bounds build time and memory for very large clusters
+MAX_RING_POINTS = 1 << 16  # bounds build time (~0.3 s) and memory for very large rings
+MAX_MAGLEV_TABLE = 131071  # a prime (2**17 - 1): bounds a Maglev table's build time (~0.2 s)
 _MASK64 = (1 << 64) - 1
 
 
@@ -87,7 +93,7 @@ class Maglev:
         self, endpoints: tuple[Endpoint, ...], table_size: int, rng: random.Random
     ) -> None:
         self._rng = rng
-        self._size = table_size = next_prime(table_size)
+        self._size = table_size = next_prime(min(table_size, MAX_MAGLEV_TABLE))
         self._table: tuple[Endpoint, ...] = ()
         if endpoints:
             owner = _fill(endpoints, table_size)
