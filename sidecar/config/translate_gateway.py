@@ -57,6 +57,7 @@ from sidecar.config.snapshot import (
 from sidecar.config.translate_gateway_l4 import (
     GatewayL4,
     ServerRef,
+    gateway_domains,
     gateway_key,
     split_server_host,
 )
@@ -265,7 +266,7 @@ class GatewayTranslator:
         for gw, server in redirect:
             for written in server.hosts:
                 host = split_server_host(written, gw.meta.namespace)[1]
-                domains = ("*",) if host == "*" else (host, f"{host}:{port.number}")
+                domains = gateway_domains(host, port.number)
                 fresh = tuple(d for d in domains if d not in covered)
                 if not fresh:
                     continue

@@ -51,6 +51,15 @@ def split_server_host(host: str, gw_namespace: str) -> tuple[str, str]:
     return ns or "*", name
 
 
+def gateway_domains(host: str, port: int) -> tuple[str, ...]:
+    """A gateway virtual host's domains, as Istio writes them: a name with any port (the Host of
+    a client behind a load balancer or a NodePort carries that port), a wildcard name with the
+    server's port only (Envoy allows one wildcard per domain), "*" alone."""
+    if host == "*":
+        return ("*",)
+    return (host, f"{host}:{port}" if host.startswith("*") else f"{host}:*")
+
+
 def host_intersection(a: str, b: str) -> str | None:
     """The more specific of two host patterns when one covers the other, else None."""
     a, b = a.lower(), b.lower()

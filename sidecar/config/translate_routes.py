@@ -45,6 +45,7 @@ from sidecar.config.snapshot import (
     VirtualHost,
     Workload,
 )
+from sidecar.config.translate_gateway_l4 import gateway_domains
 from sidecar.config.translate_http_route import (
     MESH,
     Binding,
@@ -285,7 +286,7 @@ class RouteBuilder:
                 for h in hosts:
                     merged.setdefault(h, []).extend(routes)
         vhosts = [
-            VirtualHost(f"{h}:{port}", _host_domains(h, port), tuple(routes))
+            VirtualHost(f"{h}:{port}", gateway_domains(h, port), tuple(routes))
             for h, routes in merged.items()
         ]
         if not vhosts:  # Istio: a blackhole virtual host; every request gets 404 NR

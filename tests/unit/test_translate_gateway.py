@@ -125,7 +125,7 @@ def test_https_redirect_answers_301_to_https_for_the_servers_hosts() -> None:
     s = snap(SERVICES, gateway("gw", "istio-system", textwrap.dedent(server)))
     rc = s.route_configs["http.80"]
     (vh,) = rc.virtual_hosts
-    assert vh.domains == ("web.example.com", "web.example.com:80")
+    assert vh.domains == ("web.example.com", "web.example.com:*")  # any port, as Istio
     (route,) = vh.routes
     assert route.redirect is not None and route.redirect.scheme == "https"
     assert route.redirect.code == 301
@@ -311,7 +311,7 @@ def test_server_hosts_restrict_virtual_services_by_namespace_and_host() -> None:
     )
     vhosts = s.route_configs["http.8080"].virtual_hosts
     assert sorted(d for vh in vhosts for d in vh.domains) == [
-        "gw.example.com", "gw.example.com:8080", "web.example.com", "web.example.com:8080"
+        "gw.example.com", "gw.example.com:*", "web.example.com", "web.example.com:*"
     ]
     for vh in vhosts:
         assert len(vh.routes) == 1  # only the admitted VirtualService's route
