@@ -133,7 +133,9 @@ def translate(mesh: MeshConfig, boot: Bootstrap) -> Snapshot:
             if entry.port is None or not entry.bind:
                 continue
             pairs = outbound.visible_ports(services, scope, entry)
-            listener = outbound.egress_listener(sidecar, i, entry, pairs, notes)
+            listener = outbound.egress_listener(
+                sidecar, i, entry, pairs, notes, vs_routes.tcp_routes
+            )
             if listener is None:
                 continue
             listeners.append(listener)

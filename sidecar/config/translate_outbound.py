@@ -240,9 +240,15 @@ def virtual_outbound(
 
 
 def egress_listener(
-    sidecar: Sidecar, index: int, entry: EgressListener, pairs: list[ServicePort], notes: Notes
+    sidecar: Sidecar,
+    index: int,
+    entry: EgressListener,
+    pairs: list[ServicePort],
+    notes: Notes,
+    l4_routes: L4Routes | None = None,
 ) -> Listener | None:
-    """An egress entry with a port and a bind: its own listener on bind:port."""
+    """An egress entry with a port and a bind: its own listener on bind:port. A TCP one applies
+    the service's VirtualService tcp/tls routes (`bound_chains`), as the capture listener does."""
     port = entry.port
     if port is None:
         return None
@@ -255,9 +261,10 @@ def egress_listener(
         if explicit
         else any(p.protocol.is_http for _, p in on_port)
     )
-    net: HttpConnectionManager | TcpProxy
+    chains: tuple[FilterChain, ...]
     if is_http:
-        net = HttpConnectionManager(str(port.number), name, _http_protocol(on_port, port.number))
+        hcm = HttpConnectionManager(str(port.number), name, _http_protocol(on_port, port.number))
+        chains = (FilterChain(name, FilterChainMatch(), hcm),)
     else:
         if len(on_port) != 1:
             notes.warn(
@@ -268,12 +275,23 @@ def egress_listener(
             )
             return None
         cluster = cluster_name(*on_port[0])
-        net = TcpProxy(cluster, cluster)
-    return Listener(
-        name,
-        entry.bind,
-        port.number,
-        Direction.OUTBOUND,
-        False,
-        (FilterChain(name, FilterChainMatch(), net),),
-    )
+        routes = l4_routes(*on_port[0]) if l4_routes is not None else []
+        chains = bound_chains(name, TcpProxy(cluster, cluster), routes)
+    return Listener(name, entry.bind, port.number, Direction.OUTBOUND, False, chains)
+
+
+def bound_chains(name: str, tcp: TcpProxy, routes: list[L4Route]) -> tuple[FilterChain, ...]:
+    """A bound TCP listener's chains: the connection's destination is the bind address, so a
+    route's destinationSubnets match against it, SNI routes get a TLS chain by server name, a
+    catch-all tcp route replaces the service's relay (which takes whatever matches nothing)."""
+    chains: dict[tuple[tuple[IPNetwork, ...], tuple[str, ...]], FilterChain] = {}
+    for r in routes:
+        if r.catch_all:
+            tcp = r.proxy
+            continue
+        nets, sni = r.prefixes or (), r.server_names
+        label = f"{name}_{_label(nets)}" + (f"_{','.join(sni)}" if sni else "")
+        match = FilterChainMatch(None, nets, "tls" if sni else "", (), sni)
+        chains.setdefault((nets, sni), FilterChain(label, match, r.proxy))
+    chains.setdefault(((), ()), FilterChain(name, FilterChainMatch(), tcp))
+    return tuple(chains.values())
