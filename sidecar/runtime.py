@@ -13,11 +13,12 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
+from sidecar.observability.metrics import MetricsStore
 from sidecar.outcome import ResponseFlag
 
 if TYPE_CHECKING:
     from sidecar.bootstrap import Bootstrap
-    from sidecar.config.snapshot import FilterChain, Listener, Snapshot
+    from sidecar.config.snapshot import Endpoint, FilterChain, Listener, Snapshot
     from sidecar.upstream.cluster import ClusterManager
 
 Address = tuple[str, int]
@@ -80,6 +81,9 @@ class StreamInfo:
     requested_server_name: str = "-"
     listener_name: str = "-"
     direction: str = "-"  # "inbound" | "outbound"
+    # For the metrics' labels: the downstream peer's IP and the endpoint the balancer chose.
+    downstream_remote_ip: str = "-"
+    upstream_endpoint: Endpoint | None = None
 
     def __init__(self, start_time: float | None = None) -> None:
         self.start_time = time.time() if start_time is None else start_time
@@ -138,6 +142,7 @@ class Runtime:
         "connections",
         "counters",
         "draining",
+        "metrics",
         "snapshot",
     )
 
@@ -146,8 +151,10 @@ class Runtime:
         bootstrap: Bootstrap,
         cluster_manager: ClusterManager,
         access_log: AccessLogger,
+        metrics: MetricsStore | None = None,
     ) -> None:
         self.bootstrap = bootstrap
+        self.metrics = MetricsStore() if metrics is None else metrics  # Istio's metrics
         self.cluster_manager = cluster_manager
         self.access_log = access_log
         self.counters = ServerCounters()

@@ -28,6 +28,7 @@ import time
 from collections.abc import Iterable
 from pathlib import Path
 
+from sidecar.admin.prometheus import start_prometheus
 from sidecar.admin.server import start_admin, start_status
 from sidecar.bootstrap import Bootstrap
 from sidecar.config.load import load_paths
@@ -217,6 +218,9 @@ class ProxyServer:
                     log.info("admin on %s:%d", *sock.getsockname()[:2])
             if boot.status_port:
                 srv = await start_status(self, boot.status_address, boot.status_port)
+                self._admin.append(srv)
+            if boot.prometheus_port:  # Istio's 15090, on the status address
+                srv = await start_prometheus(self, boot.status_address, boot.prometheus_port)
                 self._admin.append(srv)
         except OSError as exc:
             await self.close()

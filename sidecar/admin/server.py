@@ -17,6 +17,7 @@ from typing import Any
 
 from sidecar.admin import dump, stats
 from sidecar.admin.http import JSON, Endpoint, Request, Response, Router, serve, text
+from sidecar.admin.prometheus import prometheus_endpoint
 from sidecar.admin.target import AdminTarget
 from sidecar.observability.access_log import FileAccessLogger
 
@@ -69,6 +70,7 @@ class _AdminEndpoints:
                 Endpoint(get, "/listeners", self.listeners, "print listener info"),
                 Endpoint(get, "/clusters", self.clusters, "upstream cluster status"),
                 Endpoint(get, "/stats", self.stats, "print server stats"),
+                prometheus_endpoint(self.t),
                 Endpoint(get, "/logging", self.logging, "list logger levels"),
                 Endpoint(post, "/logging", self.logging, "set logger levels (?level=debug)"),
                 Endpoint(post, "/quitquitquit", self.quit, "exit the server"),

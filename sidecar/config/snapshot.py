@@ -255,10 +255,13 @@ class Snapshot:
     route_configs: Mapping[str, RouteConfig] = field(default_factory=dict)
     clusters: Mapping[str, Cluster] = field(default_factory=dict)
     warnings: tuple[str, ...] = ()  # rendered ConfigIssues of severity warning
+    # The mesh's workloads (Pods, WorkloadEntries) by IP: who an inbound peer is, for metrics.
+    peers: Mapping[str, Workload] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "route_configs", _readonly(self.route_configs))
         object.__setattr__(self, "clusters", _readonly(self.clusters))
+        object.__setattr__(self, "peers", _readonly(self.peers))
 
     def to_json(self) -> dict[str, Any]:
         """The snapshot as plain JSON data, for the admin `/config_dump`."""

@@ -79,6 +79,23 @@ def find_workload(mesh: MeshConfig, boot: Bootstrap, notes: Notes) -> inbound.Wo
     )
 
 
+def peer_index(mesh: MeshConfig) -> dict[str, Workload]:
+    """The mesh's Pods and WorkloadEntries by IP (first one wins: Pods, then entries, sorted),
+    so the metrics can name an inbound request's source workload by its address."""
+    peers: dict[str, Workload] = {}
+    for pod in mesh.of(Pod):
+        if pod.pod_ip and pod.pod_ip not in peers:
+            labels = pod.meta.labels
+            peers[pod.pod_ip] = Workload(pod.meta.name, pod.meta.namespace, labels,
+                                         pod.service_account, pod.pod_ip, locality_of(labels))
+    for we in mesh.of(WorkloadEntry):
+        s = we.spec
+        if s.address and s.address not in peers:
+            peers[s.address] = Workload(we.meta.name, we.meta.namespace, s.labels,
+                                        s.service_account or "default", s.address, s.locality)
+    return peers
+
+
 def _fixed_clusters(boot: Bootstrap) -> list[Cluster]:
     return [
         Cluster(PASSTHROUGH_CLUSTER, DiscoveryType.ORIGINAL_DST),
@@ -153,8 +170,15 @@ def translate(mesh: MeshConfig, boot: Bootstrap) -> Snapshot:
         if sidecar is not None and sidecar.ingress
         else inbound.from_services(mesh, info, notes)
     )
+    # Sidecar ingress ports name no Service: the one whose target port it is (for metrics).
+    served = (
+        {p.port: p.service for p in inbound.from_services(mesh, info, Notes())}
+        if sidecar is not None and sidecar.ingress
+        else {}
+    )
     for ip in ports:
-        base = inbound.inbound_cluster(ip, boot)
+        named = replace(ip, service=served.get(ip.port, "")) if not ip.service else ip
+        base = inbound.inbound_cluster(named, boot)
         clusters[ip.cluster] = dr_index.inbound(base, ip.service, ip.service_port)
         if outbound.serves_http(ip.protocol):
             routes[ip.cluster] = inbound.inbound_route_config(ip)
@@ -209,6 +233,7 @@ def _snapshot(
         route_configs=dict(sorted(routes.items())),
         clusters=dict(sorted(clusters.items())),
         warnings=warnings,
+        peers=peer_index(mesh),
     )
     digest = hashlib.sha256(json.dumps(snap.to_json(), sort_keys=True).encode()).hexdigest()
     return replace(snap, version=digest[:12])

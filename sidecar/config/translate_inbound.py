@@ -161,6 +161,9 @@ def _from_entry(entry: IngressListener, boot: Bootstrap) -> InboundPort:
 
 
 def inbound_cluster(ip: InboundPort, boot: Bootstrap) -> Cluster:
+    # The Service it serves, by FQDN (Istio's cluster metadata; the metrics' destination_service).
+    ns = boot.pod_namespace if ip.service else ""
+    fqdn = f"{ip.service}.{ns}.svc.{boot.cluster_domain}" if ip.service else ""
     if ip.endpoint is not None:
         return Cluster(
             ip.cluster,
@@ -168,6 +171,8 @@ def inbound_cluster(ip: InboundPort, boot: Bootstrap) -> Cluster:
             ip.protocol,
             (ip.endpoint,),
             direction=Direction.INBOUND,
+            service=fqdn,
+            service_namespace=ns,
         )
     return Cluster(
         ip.cluster,
@@ -175,6 +180,8 @@ def inbound_cluster(ip: InboundPort, boot: Bootstrap) -> Cluster:
         ip.protocol,
         source_address=boot.inbound_passthrough_ipv4,
         direction=Direction.INBOUND,
+        service=fqdn,
+        service_namespace=ns,
     )
 
 

@@ -196,7 +196,7 @@ class ActiveStream(RouteStage):
         if endpoint is None:
             self.fail(ResponseFlag.UH)
             return
-        self.endpoint = endpoint
+        self.endpoint = info.upstream_endpoint = endpoint
         pool = http_pool(state, endpoint, head.upgrade is None and upstream_http2(cluster, head))
         self.pool = pool
         info.upstream_host = pool.host

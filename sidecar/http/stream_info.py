@@ -20,10 +20,13 @@ from sidecar.runtime import Downstream, Runtime, StreamInfo, format_address
 class ConnectionLabels:
     """A downstream connection's addresses and listener, formatted once for its requests."""
 
-    __slots__ = ("direction", "listener", "local", "remote", "remote_ip", "server_name")
+    __slots__ = (
+        "direction", "listener", "local", "peer_ip", "remote", "remote_ip", "server_name",
+    )  # fmt: skip
 
     def __init__(self, downstream: Downstream) -> None:
-        self.remote_ip = downstream.remote[0].encode("ascii")
+        self.peer_ip = downstream.remote[0]
+        self.remote_ip = self.peer_ip.encode("ascii")
         self.remote = format_address(*downstream.remote)
         self.local = format_address(*downstream.local)
         self.direction = downstream.listener.direction.value
@@ -35,6 +38,7 @@ class ConnectionLabels:
         info = StreamInfo()
         info.downstream_local_address = self.local
         info.downstream_remote_address = info.downstream_direct_remote_address = self.remote
+        info.downstream_remote_ip = self.peer_ip
         info.listener_name = self.listener
         info.direction = self.direction
         info.requested_server_name = self.server_name
@@ -45,7 +49,8 @@ class ConnectionLabels:
 
 
 def finish_request(runtime: Runtime, info: StreamInfo) -> None:
-    """A request is over: its end time, the server-wide counters, the access log entry."""
+    """A request is over: its end time, the server-wide counters, Istio's metrics, the access
+    log entry."""
     if not info.end_mono:
         info.end_mono = monotonic()
     rc = runtime.counters
@@ -55,6 +60,7 @@ def finish_request(runtime: Runtime, info: StreamInfo) -> None:
         rc.downstream_rq_4xx += 1
     elif code >= 500:
         rc.downstream_rq_5xx += 1
+    runtime.metrics.record_http(info, runtime)
     runtime.access_log.log(info)
 
 

@@ -109,6 +109,7 @@ class TcpProxyProtocol(asyncio.Protocol):
         info = StreamInfo()
         info.downstream_remote_address = format_address(*downstream.remote)
         info.downstream_direct_remote_address = info.downstream_remote_address
+        info.downstream_remote_ip = downstream.remote[0]
         info.downstream_local_address = format_address(*downstream.local)
         info.listener_name = downstream.listener.name
         info.direction = downstream.listener.direction.value
@@ -128,17 +129,21 @@ class TcpProxyProtocol(asyncio.Protocol):
         self._transport = transport
         self._runtime.connection_opened(self)
         transport.pause_reading()
-        state = self._runtime.cluster_manager.get(self._info.upstream_cluster)
+        info, metrics = self._info, self._runtime.metrics
+        state = self._runtime.cluster_manager.get(info.upstream_cluster)
         if state is None:
+            metrics.tcp_opened(info, self._runtime)
             self._fail(ResponseFlag.NC, "cluster_not_found")
             return
         self._state = state
         endpoint = state.choose(self._downstream.original_dst)  # None unless redirected
+        if endpoint is not None:
+            self._endpoint = info.upstream_endpoint = endpoint
+            info.upstream_host = format_address(endpoint.address, endpoint.port)
+        metrics.tcp_opened(info, self._runtime)  # Istio's metrics: opened once the host is known
         if endpoint is None:
             self._fail(ResponseFlag.UH, "no_healthy_upstream")
             return
-        self._endpoint = endpoint
-        self._info.upstream_host = format_address(endpoint.address, endpoint.port)
         self._task = asyncio.get_running_loop().create_task(self._connect(state, endpoint))
 
     def data_received(self, data: bytes) -> None:
@@ -227,6 +232,7 @@ class TcpProxyProtocol(asyncio.Protocol):
             self._endpoint = None
             self._state.release(endpoint)
         self._runtime.connection_closed(self)
+        self._runtime.metrics.tcp_closed(info, self._runtime)
         self._runtime.access_log.log(info)
 
     # -- Drainable ----------------------------------------------------------------------------

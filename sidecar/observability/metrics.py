@@ -1,0 +1,248 @@
+"""Istio's standard metrics, recorded as plain numbers on pre-bound series.
+
+Theory of operation: a series is one label set's numbers (`RequestSeries`: the request count and
+three histograms as per-bucket counts and a sum; `TcpSeries`: four counters). Recording one
+finished request (`record_http`) is:
+- one dict lookup on a small tuple of strings and ints, (direction, cluster, upstream host,
+  downstream IP, response code, response flags, gRPC status), to the series it feeds;
+- integer increments, and a bisect of each histogram value over the precomputed bucket bounds.
+No label dict, no string formatting and no aioprometheus call happen per request. On a miss the
+label values are computed once (metrics_labels.py) for the (direction, cluster, host, peer) part
+and cached, then joined with the outcome's values into the full label tuple that keys the series
+(`requests`, `tcp`): label sets that resolve alike share one series. The caches are cleared when
+the server adopts a new snapshot (workload labels may have changed) and when they grow past a
+bound (many unknown peers); the series are kept for ever, as Prometheus counters must be.
+
+Rendering happens at scrape time (metrics_render.py). Series hold only numbers keyed by label
+tuples, so the stores of several worker processes add up with `merge` for one scrape.
+"""
+
+from __future__ import annotations
+
+import math
+from bisect import bisect_left
+from typing import TYPE_CHECKING
+
+from sidecar.observability import metrics_labels as ml
+from sidecar.outcome import ResponseFlag
+
+if TYPE_CHECKING:
+    from sidecar.config.snapshot import Snapshot
+    from sidecar.runtime import Runtime, StreamInfo
+
+# Envoy's default histogram bucket bounds (ms for durations, bytes for sizes); +Inf is implied.
+DEFAULT_BUCKETS: tuple[float, ...] = (
+    0.5, 1.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0,
+    30000.0, 60000.0, 300000.0, 600000.0, 1800000.0, 3600000.0,
+)  # fmt: skip
+CACHE_LIMIT = 10_000  # cached bindings / hot keys before the caches are cleared
+
+HotKey = tuple[str, str, str, str, int, int, int]
+TcpKey = tuple[str, str, str, str, int]
+
+
+class Histogram:
+    """Counts per bucket (not cumulative; the last one is +Inf) and the sum of the values."""
+
+    __slots__ = ("counts", "sum")
+
+    def __init__(self, size: int) -> None:
+        self.counts = [0] * size
+        self.sum = 0.0
+
+    def add(self, other: Histogram) -> None:
+        self.counts = [a + b for a, b in zip(self.counts, other.counts, strict=True)]
+        self.sum += other.sum
+
+    @property
+    def count(self) -> int:
+        return sum(self.counts)
+
+
+class RequestSeries:
+    """istio_requests_total and the three request histograms of one label set."""
+
+    __slots__ = ("count", "duration", "request_bytes", "response_bytes")
+
+    def __init__(self, buckets: int) -> None:
+        self.count = 0
+        self.duration = Histogram(buckets)
+        self.request_bytes = Histogram(buckets)
+        self.response_bytes = Histogram(buckets)
+
+    def add(self, other: RequestSeries) -> None:
+        self.count += other.count
+        self.duration.add(other.duration)
+        self.request_bytes.add(other.request_bytes)
+        self.response_bytes.add(other.response_bytes)
+
+
+class TcpSeries:
+    """The four TCP counters of one label set."""
+
+    __slots__ = ("closed", "opened", "received", "sent")
+
+    def __init__(self) -> None:
+        self.opened = self.closed = self.sent = self.received = 0
+
+    def add(self, other: TcpSeries) -> None:
+        self.opened += other.opened
+        self.closed += other.closed
+        self.sent += other.sent
+        self.received += other.received
+
+
+def _grpc_value(status: int) -> str:
+    return "" if status < 0 else str(status)  # Istio: "" for plain HTTP
+
+
+class MetricsStore:
+    """One process's Istio metrics: series by label tuple, plus the hot-path caches."""
+
+    def __init__(self, buckets: tuple[float, ...] = DEFAULT_BUCKETS) -> None:
+        self.buckets = tuple(float(b) for b in buckets)
+        # Bisect compares like with like (int against float is a slow path): durations are
+        # floats; byte counts are ints, and for an int n, n <= bound exactly when n <= floor.
+        self._int_buckets = tuple(math.floor(b) for b in buckets)
+        self.requests: dict[tuple[str, ...], RequestSeries] = {}
+        self.tcp: dict[tuple[str, ...], TcpSeries] = {}
+        self._hot: dict[HotKey, RequestSeries] = {}
+        self._hot_tcp: dict[TcpKey, TcpSeries] = {}
+        self._bindings: dict[tuple[str, str, str, str], tuple[str, ...]] = {}
+        self._snapshot: Snapshot | None = None
+
+    # -- hot path -------------------------------------------------------------------------------
+    def record_http(self, info: StreamInfo, runtime: Runtime) -> None:
+        """One finished request (called by finish_request)."""
+        if runtime.snapshot is not self._snapshot:
+            self._adopt(runtime.snapshot)
+        grpc = info.grpc_status
+        key = (
+            info.direction,
+            info.upstream_cluster,
+            info.upstream_host,
+            info.downstream_remote_ip,
+            info.response_code,
+            info.response_flags._value_,
+            -1 if grpc is None else grpc,
+        )
+        s = self._hot.get(key)
+        if s is None:
+            s = self._request_series(key, info, runtime)
+        s.count += 1
+        ms = (info.end_mono - info.start_mono) * 1000.0
+        h = s.duration
+        h.counts[bisect_left(self.buckets, ms)] += 1
+        h.sum += ms
+        b = self._int_buckets
+        n = info.bytes_received
+        h = s.request_bytes
+        h.counts[bisect_left(b, n)] += 1
+        h.sum += n
+        n = info.bytes_sent
+        h = s.response_bytes
+        h.counts[bisect_left(b, n)] += 1
+        h.sum += n
+
+    def tcp_opened(self, info: StreamInfo, runtime: Runtime) -> None:
+        """A TCP connection was opened (its cluster and endpoint chosen, or failed to be)."""
+        self._tcp_series(info, runtime).opened += 1
+
+    def tcp_closed(self, info: StreamInfo, runtime: Runtime) -> None:
+        """A TCP connection ended: its bytes each way, with the flags it ended with."""
+        s = self._tcp_series(info, runtime)
+        s.closed += 1
+        s.received += info.bytes_received
+        s.sent += info.bytes_sent
+
+    # -- misses ---------------------------------------------------------------------------------
+    def _adopt(self, snapshot: Snapshot | None) -> None:
+        self._snapshot = snapshot
+        self._hot.clear()
+        self._hot_tcp.clear()
+        self._bindings.clear()
+
+    def _tcp_series(self, info: StreamInfo, runtime: Runtime) -> TcpSeries:
+        if runtime.snapshot is not self._snapshot:
+            self._adopt(runtime.snapshot)
+        flags = info.response_flags._value_
+        key = (info.direction, info.upstream_cluster, info.upstream_host,
+               info.downstream_remote_ip, flags)  # fmt: skip
+        s = self._hot_tcp.get(key)
+        if s is not None:
+            return s
+        base = self._base(key[0], key[1], key[2], key[3], info, runtime)
+        labels = (*base, "tcp", ResponseFlag(flags).code())
+        s = self.tcp.get(labels)
+        if s is None:
+            s = self.tcp[labels] = TcpSeries()
+        if len(self._hot_tcp) >= CACHE_LIMIT:
+            self._hot_tcp.clear()
+        self._hot_tcp[key] = s
+        return s
+
+    def _request_series(self, key: HotKey, info: StreamInfo, runtime: Runtime) -> RequestSeries:
+        base = self._base(key[0], key[1], key[2], key[3], info, runtime)
+        grpc = key[6]
+        labels = (
+            *base,
+            "http" if grpc < 0 else "grpc",
+            str(key[4]),
+            _grpc_value(grpc),
+            ResponseFlag(key[5]).code(),
+        )
+        s = self.requests.get(labels)
+        if s is None:
+            s = self.requests[labels] = RequestSeries(len(self.buckets) + 1)
+        if len(self._hot) >= CACHE_LIMIT:
+            self._hot.clear()
+        self._hot[key] = s
+        return s
+
+    def _base(
+        self, direction: str, cluster: str, host: str, peer_ip: str, info: StreamInfo,
+        runtime: Runtime,
+    ) -> tuple[str, ...]:  # fmt: skip
+        bkey = (direction, cluster, host, peer_ip)
+        base = self._bindings.get(bkey)
+        if base is None:
+            if len(self._bindings) >= CACHE_LIMIT:
+                self._bindings.clear()
+            base = self._bindings[bkey] = self._compute_base(direction, cluster, peer_ip, info,
+                                                              runtime)  # fmt: skip
+        return base
+
+    def _compute_base(
+        self, direction: str, cluster_name: str, peer_ip: str, info: StreamInfo, runtime: Runtime
+    ) -> tuple[str, ...]:
+        boot = runtime.bootstrap
+        cid = boot.cluster_id
+        snap = self._snapshot
+        state = runtime.cluster_manager.get(cluster_name)
+        cluster = state.cluster if state is not None else None
+        service = ml.service_labels(cluster, cluster_name, boot.cluster_domain)
+        me = ml.from_workload(snap.workload if snap is not None else None, cid)
+        if direction == "inbound":
+            peer = snap.peers.get(peer_ip) if snap is not None else None
+            return ml.base_labels(False, ml.from_workload(peer, cid), me, service)
+        endpoint = info.upstream_endpoint
+        dest = ml.Peer()
+        if endpoint is not None:
+            dest = ml.from_endpoint(endpoint, cid)
+            if not dest.name and snap is not None:  # e.g. ORIGINAL_DST: look the address up
+                dest = ml.from_workload(snap.peers.get(endpoint.address), cid)
+        return ml.base_labels(True, me, dest, service)
+
+    # -- aggregation ----------------------------------------------------------------------------
+    def merge(self, other: MetricsStore) -> MetricsStore:
+        """A new store holding the sums of both (one scrape over several worker processes)."""
+        if other.buckets != self.buckets:
+            raise ValueError("cannot merge stores with different histogram buckets")
+        out = MetricsStore(self.buckets)
+        size = len(self.buckets) + 1
+        for store in (self, other):
+            for labels, s in store.requests.items():
+                out.requests.setdefault(labels, RequestSeries(size)).add(s)
+            for labels, t in store.tcp.items():
+                out.tcp.setdefault(labels, TcpSeries()).add(t)
+        return out
