@@ -26,7 +26,7 @@ from sidecar.http.codec_select import http_protocol
 from sidecar.listener.filter_chain import ChainSelector
 from sidecar.listener.original_dst import original_dst
 from sidecar.listener.sniff import Detection, SniffProtocol, classify, codec_ready
-from sidecar.listener.tls import negotiated_alpn
+from sidecar.listener.tls import negotiated_alpn, requested_server_name
 from sidecar.runtime import Address, Downstream, Runtime
 from sidecar.tcp.tcp_proxy import TcpProxyProtocol
 
@@ -107,6 +107,7 @@ class AcceptProtocol(asyncio.Protocol):
             chain=group.chains[0],
             snapshot=handle.snapshot,
             original_dst=orig,
+            server_name=requested_server_name(transport) if listener.tls is not None else "",
         )
         runtime = self._runtime
         selector = handle.selector

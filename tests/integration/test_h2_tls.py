@@ -68,6 +68,22 @@ async def test_curl_http2_over_tls_is_served_as_http2(
     assert "HTTP/2" in log
 
 
+async def test_the_access_log_shows_the_sni_of_a_terminated_connection(
+    tls_sidecar: tuple[SidecarProcess, int],
+) -> None:
+    sc, port = tls_sidecar
+    host = "b.default.svc.cluster.local"
+    proc = await asyncio.create_subprocess_exec(
+        "curl", "-sS", "-k", "--max-time", "10", "-o", "/dev/null", "--resolve",
+        f"{host}:{port}:127.0.0.1", f"https://{host}:{port}/bytes/10",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    assert await proc.wait() == 0
+    log = await asyncio.to_thread(sc.wait_log, '"GET /bytes/10 HTTP/2" 200', 5, "stdout")
+    line = next(ln for ln in log.splitlines() if "/bytes/10 " in ln)
+    assert f" {host} " in line or f'"{host}"' in line, line  # requested_server_name, as Envoy
+
+
 async def test_curl_http11_over_tls_is_served_as_http11(
     tls_sidecar: tuple[SidecarProcess, int],
 ) -> None:
