@@ -175,8 +175,14 @@ def from_environment(env: Mapping[str, str]) -> dict[str, Any]:
 
 
 def build(overrides: Mapping[str, Any], env: Mapping[str, str] | None = None) -> Bootstrap:
-    """Defaults, then the environment, then `overrides` (flags: only those the user gave)."""
+    """Defaults, then the environment, then `overrides` (flags: only those the user gave;
+    `tracing` may be a mapping of some Tracing fields, which override only those)."""
     values = from_environment(os.environ if env is None else env)
+    tracing = overrides.get("tracing")
+    if isinstance(tracing, Mapping):  # flags: the tracing fields given, over PROXY_CONFIG's
+        given = {k: v for k, v in tracing.items() if v is not None}
+        values["tracing"] = replace(values.get("tracing", Tracing()), **given)
+        overrides = {k: v for k, v in overrides.items() if k != "tracing"}
     values.update({k: v for k, v in overrides.items() if v is not None})
     known = {f.name for f in fields(Bootstrap)}
     unknown = set(values) - known

@@ -45,6 +45,14 @@ _RUN_FLAGS: tuple[tuple[str, str, Any, str], ...] = (
     ("--access-log-format", "access_log_format", str, "text | json (text)"),
     ("--log-level", "log_level", str, "debug | info | warning | error (info)"),
 )
+# Flags that override one field of Bootstrap.tracing (PROXY_CONFIG tracing.*).
+_TRACING_FLAGS: tuple[tuple[str, str, Any, str], ...] = (
+    ("--zipkin-address", "zipkin_address", str,
+     "Zipkin collector host:port; spans are posted to /api/v2/spans (PROXY_CONFIG "
+     "tracing.zipkin.address); empty = tracing off"),
+    ("--trace-sampling", "sampling", float, "percent of requests traced (PROXY_CONFIG "
+     "tracing.sampling; 1)"),
+)
 
 
 def _add_run(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -55,6 +63,8 @@ def _add_run(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     for flag, dest, typ, help_ in _RUN_FLAGS:
         p.add_argument(flag, dest=dest, type=typ, default=None, help=help_)
+    for flag, dest, typ, help_ in _TRACING_FLAGS:
+        p.add_argument(flag, dest=f"tracing_{dest}", type=typ, default=None, help=help_)
     p.add_argument("--mode", choices=[m.value for m in Mode], default=None)
     p.add_argument(
         "--outbound-traffic-policy", dest="outbound_policy",
@@ -95,6 +105,9 @@ def _run(args: argparse.Namespace) -> int:
     overrides["ipv6"] = args.ipv6
     overrides["dns_resolvers"] = tuple(args.dns_resolvers) if args.dns_resolvers else None
     overrides["watch_config"] = args.watch_config
+    overrides["tracing"] = {
+        dest: getattr(args, f"tracing_{dest}") for _, dest, _, _ in _TRACING_FLAGS
+    }
     boot = build(overrides)
     _setup_logging(boot.log_level)
     if boot.concurrency > 1:

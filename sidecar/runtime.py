@@ -19,6 +19,7 @@ from sidecar.outcome import ResponseFlag
 if TYPE_CHECKING:
     from sidecar.bootstrap import Bootstrap
     from sidecar.config.snapshot import Endpoint, FilterChain, Listener, Snapshot
+    from sidecar.observability.tracing import SpanRecord, Tracer
     from sidecar.upstream.cluster import ClusterManager
 
 Address = tuple[str, int]
@@ -84,6 +85,8 @@ class StreamInfo:
     # For the metrics' labels: the downstream peer's IP and the endpoint the balancer chose.
     downstream_remote_ip: str = "-"
     upstream_endpoint: Endpoint | None = None
+    # Set by the tracer on sampled requests only (observability/tracing.py).
+    trace: SpanRecord | None = None
 
     def __init__(self, start_time: float | None = None) -> None:
         self.start_time = time.time() if start_time is None else start_time
@@ -144,6 +147,7 @@ class Runtime:
         "draining",
         "metrics",
         "snapshot",
+        "tracer",
     )
 
     def __init__(
@@ -164,6 +168,8 @@ class Runtime:
         # here per request, so a VirtualService change applies to open connections too (Envoy's
         # RDS). Listeners, filter chains and their HCM settings stay as the connection began.
         self.snapshot: Snapshot | None = None
+        # Zipkin tracing; None when no collector is configured (the request path tests only this).
+        self.tracer: Tracer | None = None
 
     def connection_opened(self, conn: Drainable) -> None:
         self.connections.add(conn)

@@ -38,6 +38,7 @@ from sidecar.errors import ConfigError, SidecarError
 from sidecar.listener.accept import ListenerHandle, acceptor
 from sidecar.listener.tls import server_context
 from sidecar.observability.access_log import make_access_logger
+from sidecar.observability.tracing import make_tracer
 from sidecar.runtime import Runtime
 from sidecar.upstream.cluster import ClusterManager
 from sidecar.upstream.dns import Resolver
@@ -111,6 +112,7 @@ class ProxyServer:
         )
         self.access_logger = make_access_logger(bootstrap.access_log, bootstrap.access_log_format)
         self.runtime = Runtime(bootstrap, self.cluster_manager, self.access_logger)
+        self.runtime.tracer = make_tracer(bootstrap)
         self._snapshot: Snapshot | None = None
         self._handles: dict[ListenerKey, ListenerHandle] = {}
         self._admin: list[asyncio.Server] = []
@@ -333,4 +335,7 @@ class ProxyServer:
         close_log = getattr(self.access_logger, "close", None)
         if close_log is not None:
             close_log()
+        tracer = self.runtime.tracer
+        if tracer is not None:
+            await asyncio.to_thread(tracer.close)  # posts what is queued, bounded
         log.info("stopped (pid %d)", os.getpid())

@@ -62,6 +62,8 @@ def collect(target: AdminTarget) -> dict[str, int]:
         out[prefix + "membership_healthy"] = len(state.endpoints)
     if isinstance(rt.access_log, FileAccessLogger):
         out.update(rt.access_log.stats())
+    if rt.tracer is not None:
+        out.update(rt.tracer.stats())
     return out
 
 

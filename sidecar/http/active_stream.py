@@ -135,6 +135,9 @@ class ActiveStream(RouteStage):
     def start(self) -> None:
         head = self.head
         conn = self.conn
+        tracer = conn.runtime.tracer
+        if tracer is not None:
+            tracer.begin(head, self.info)
         if head.expect_continue:
             conn.send_continue()
         table = conn.table

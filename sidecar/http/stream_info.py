@@ -50,7 +50,7 @@ class ConnectionLabels:
 
 def finish_request(runtime: Runtime, info: StreamInfo) -> None:
     """A request is over: its end time, the server-wide counters, Istio's metrics, the access
-    log entry."""
+    log entry, the span of a sampled request."""
     if not info.end_mono:
         info.end_mono = monotonic()
     rc = runtime.counters
@@ -62,6 +62,9 @@ def finish_request(runtime: Runtime, info: StreamInfo) -> None:
         rc.downstream_rq_5xx += 1
     runtime.metrics.record_http(info, runtime)
     runtime.access_log.log(info)
+    trace = info.trace
+    if trace is not None and runtime.tracer is not None:
+        runtime.tracer.finish(trace, info, runtime)
 
 
 def describe_request(info: StreamInfo, head: RequestHead, protocol: str) -> None:
