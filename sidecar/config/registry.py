@@ -17,6 +17,7 @@ to the address the client dialled (its endpoints stay listed for the per-address
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 from sidecar.config import protocol
@@ -81,10 +82,15 @@ class MeshService:
     export_to: tuple[str, ...] = ()
 
     def visible_from(self, namespace: str) -> bool:
-        """exportTo: "*" (the default) everyone, "." its own namespace, or listed namespaces."""
-        if not self.export_to or "*" in self.export_to or namespace in self.export_to:
-            return True
-        return "." in self.export_to and namespace == self.namespace
+        return exported_to(self.export_to, self.namespace, namespace)
+
+
+def exported_to(export_to: Sequence[str], own: str, namespace: str) -> bool:
+    """Istio's exportTo for an object of namespace `own`, seen from `namespace`: () and "*"
+    everyone, "." its own namespace, listed namespaces; anything else ("~") nobody."""
+    if not export_to or "*" in export_to or namespace in export_to:
+        return True
+    return "." in export_to and namespace == own
 
 
 @dataclass(frozen=True, slots=True)

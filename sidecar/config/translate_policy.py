@@ -27,7 +27,7 @@ import ipaddress
 from dataclasses import dataclass, replace
 
 from sidecar.config import policy_settings
-from sidecar.config.registry import MeshPort, MeshService, Notes
+from sidecar.config.registry import MeshPort, MeshService, Notes, exported_to
 from sidecar.config.resources import MeshConfig
 from sidecar.config.resources_destination import (
     DestinationRule,
@@ -57,13 +57,6 @@ def host_match(pattern: str, hostname: str) -> bool:
     if pattern == hostname or pattern == "*":
         return True
     return pattern.startswith("*.") and hostname.endswith(pattern[1:])
-
-
-def exported_to(export_to: tuple[str, ...], own: str, namespace: str) -> bool:
-    """exportTo: () and "*" everyone, "." the rule's namespace, "~" nobody, or listed names."""
-    if not export_to or "*" in export_to or namespace in export_to:
-        return True
-    return "." in export_to and namespace == own
 
 
 @dataclass(frozen=True, slots=True)

@@ -25,7 +25,7 @@ from dataclasses import dataclass, replace
 
 from sidecar.bootstrap import OutboundPolicy
 from sidecar.config import translate_outbound as outbound
-from sidecar.config.registry import MeshPort, MeshService, Notes
+from sidecar.config.registry import MeshPort, MeshService, Notes, exported_to
 from sidecar.config.resources import EgressListener, MeshConfig
 from sidecar.config.resources_routing import (
     Destination,
@@ -72,12 +72,6 @@ def host_covers(pattern: str, host: str) -> bool:
     if pattern.startswith("*."):
         return host.endswith(pattern[1:]) or host == pattern
     return pattern == host
-
-
-def _exported(export_to: Sequence[str], own: str, namespace: str) -> bool:
-    if not export_to or "*" in export_to or namespace in export_to:
-        return True
-    return "." in export_to and namespace == own
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,7 +162,7 @@ class RouteBuilder:
         for vs in vses:
             if not binds(vs.gateways, vs.meta.namespace, MESH):
                 continue
-            if not _exported(vs.export_to, vs.meta.namespace, ns):
+            if not exported_to(vs.export_to, vs.meta.namespace, ns):
                 continue
             if scoped and (egress is None or not self._admitted(egress, vs)):
                 continue
@@ -274,7 +268,7 @@ class RouteBuilder:
             for vs in self.vses:
                 if not vs.http or not binds(vs.gateways, vs.meta.namespace, gw):
                     continue
-                if not _exported(vs.export_to, vs.meta.namespace, gw_ns):
+                if not exported_to(vs.export_to, vs.meta.namespace, gw_ns):
                     continue
                 hosts = self._gateway_hosts(vs, server.hosts, gw_ns)
                 if not hosts:
