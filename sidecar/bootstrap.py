@@ -74,6 +74,7 @@ class Bootstrap:
     drain_duration: float = 45.0  # ProxyConfig.drainDuration
     termination_drain_duration: float = 5.0  # ProxyConfig.terminationDrainDuration
     watch_config: bool = True
+    metrics: bool = True  # Istio's standard metrics recorded (the proxy's own stats always are)
     watch_interval: float = 1.0
     # Protocol detection on auto ports waits this long for the client's first bytes before
     # treating the connection as TCP (server-first protocols); 0 = wait for ever. Istio: 100ms.
@@ -212,6 +213,8 @@ def _check(boot: Bootstrap) -> None:
         raise BootstrapError(
             f"protocol_detection_timeout: {boot.protocol_detection_timeout}: must be >= 0"
         )
+    if not boot.watch_interval > 0:
+        raise BootstrapError(f"watch_interval: {boot.watch_interval}: must be > 0 seconds")
     for server in boot.dns_resolvers:
         parse_server(server)  # raises BootstrapError
     if boot.access_log_format not in ("text", "json"):

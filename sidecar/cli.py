@@ -44,6 +44,8 @@ _RUN_FLAGS: tuple[tuple[str, str, Any, str], ...] = (
     ("--access-log", "access_log", str, 'access log path; "" = off (/dev/stdout)'),
     ("--access-log-format", "access_log_format", str, "text | json (text)"),
     ("--log-level", "log_level", str, "debug | info | warning | error (info)"),
+    ("--watch-interval", "watch_interval", float,
+     "seconds between checks of the config files for changes (1)"),
 )
 # Flags that override one field of Bootstrap.tracing (PROXY_CONFIG tracing.*).
 _TRACING_FLAGS: tuple[tuple[str, str, Any, str], ...] = (
@@ -76,6 +78,8 @@ def _add_run(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "--dns-resolver", dest="dns_resolvers", action="append", default=None, metavar="IP[:PORT]",
         help="nameserver for DNS clusters (repeatable); default: those of /etc/resolv.conf",
     )
+    p.add_argument("--no-metrics", dest="metrics", action="store_false", default=None,
+                   help="do not record Istio's standard metrics (istio_*); Envoy's stats stay")
     p.add_argument("--no-watch", dest="watch_config", action="store_false", default=None,
                    help="do not reload when config files change")
     p.set_defaults(func=_run)
@@ -105,6 +109,7 @@ def _run(args: argparse.Namespace) -> int:
     overrides["ipv6"] = args.ipv6
     overrides["dns_resolvers"] = tuple(args.dns_resolvers) if args.dns_resolvers else None
     overrides["watch_config"] = args.watch_config
+    overrides["metrics"] = args.metrics
     overrides["tracing"] = {
         dest: getattr(args, f"tracing_{dest}") for _, dest, _, _ in _TRACING_FLAGS
     }

@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
-from sidecar.observability.metrics import MetricsStore
+from sidecar.observability.metrics import DisabledMetrics, MetricsStore
 from sidecar.outcome import ResponseFlag
 
 if TYPE_CHECKING:
@@ -158,7 +158,9 @@ class Runtime:
         metrics: MetricsStore | None = None,
     ) -> None:
         self.bootstrap = bootstrap
-        self.metrics = MetricsStore() if metrics is None else metrics  # Istio's metrics
+        if metrics is None:
+            metrics = MetricsStore() if bootstrap.metrics else DisabledMetrics()
+        self.metrics = metrics  # Istio's standard metrics
         self.cluster_manager = cluster_manager
         self.access_log = access_log
         self.counters = ServerCounters()

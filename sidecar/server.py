@@ -36,6 +36,7 @@ from sidecar.config.snapshot import Direction, Listener, Snapshot
 from sidecar.config.translate import translate
 from sidecar.errors import ConfigError, SidecarError
 from sidecar.listener.accept import ListenerHandle, acceptor
+from sidecar.listener.bind import BACKLOG, listening_sockets
 from sidecar.listener.tls import server_context
 from sidecar.observability.access_log import make_access_logger
 from sidecar.observability.tracing import make_tracer
@@ -44,27 +45,13 @@ from sidecar.upstream.cluster import ClusterManager
 from sidecar.upstream.dns import Resolver
 
 CLUSTER_WARM_TIMEOUT = 5.0  # seconds start-up waits for DNS clusters' first answers
-IP_FREEBIND = getattr(socket, "IP_FREEBIND", 15)  # Linux <netinet/in.h>
+WRITE_SETTLE = 0.2  # seconds a changed config file must stay unchanged before it is read
+REBIND_ATTEMPTS = 50  # a listener whose certificates changed: tries to bind again, ...
+REBIND_PAUSE = 0.02  # ... this many seconds apart (the old socket closes at a loop turn)
 
 log = logging.getLogger(__name__)
 
 ListenerKey = tuple[str, int]
-
-
-def freebind_socket(address: str, port: int) -> socket.socket:
-    """A listening-ready TCP socket bound with IP_FREEBIND: the address need not be local yet
-    (Envoy's listener `freebind`), as a load balancer's address routed to this node is not."""
-    family = socket.AF_INET6 if ":" in address else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.setsockopt(socket.SOL_IP, IP_FREEBIND, 1)
-        sock.bind((address, port))
-    except OSError:
-        sock.close()
-        raise
-    sock.setblocking(False)
-    return sock
 
 
 def freeze_config_objects() -> None:
@@ -115,6 +102,7 @@ class ProxyServer:
         self.runtime.tracer = make_tracer(bootstrap)
         self._snapshot: Snapshot | None = None
         self._handles: dict[ListenerKey, ListenerHandle] = {}
+        self._opened: list[tuple[ListenerHandle, list[socket.socket]]] = []  # not yet served
         self._admin: list[asyncio.Server] = []
         self._watch_task: asyncio.Task[None] | None = None
         self._reconcile_task: asyncio.Task[None] | None = None
@@ -134,7 +122,7 @@ class ProxyServer:
             self._snapshot is not None
             and not self.runtime.draining
             and not self._health_failed
-            and all(h.server is not None for h in self._handles.values())
+            and all(h.servers for h in self._handles.values())
         )
 
     def listener_addresses(self) -> list[tuple[str, str, int]]:
@@ -151,8 +139,7 @@ class ProxyServer:
         for handle in self._handles.values():
             if inbound_only and handle.listener.direction is not Direction.INBOUND:
                 continue
-            if handle.server is not None:
-                handle.server.close()
+            handle.close()
         if graceful:
             self.runtime.drain_all()
 
@@ -194,16 +181,15 @@ class ProxyServer:
             log.warning("cluster %s: not resolved after %.0f s; starting without it", name,
                         CLUSTER_WARM_TIMEOUT)
         for listener in snapshot.listeners:
-            handle = ListenerHandle(listener, snapshot)
             try:
-                await self._bind(handle)
+                self._open(listener, snapshot)
             except OSError as exc:
                 await self.close()
                 raise StartupError(
                     f"listener {listener.name}: cannot bind {listener.address}:{listener.port}: "
                     f"{exc.strerror or exc}"
                 ) from exc
-            self._handles[(listener.address, listener.port)] = handle
+        await self._serve_opened()
         await self._start_admin()
         if self.bootstrap.watch_config and self.bootstrap.config_files:
             self._watch_task = asyncio.get_running_loop().create_task(self._watch())
@@ -228,70 +214,93 @@ class ProxyServer:
             await self.close()
             raise StartupError(f"admin/status port: {exc.strerror or exc}") from exc
 
-    async def _bind(self, handle: ListenerHandle) -> None:
+    def _open(self, listener: Listener, snapshot: Snapshot) -> None:
+        """Bind and listen now (the kernel queues connections from here on); the event loop
+        starts accepting them in `_serve_opened`. Raises OSError."""
+        socks = listening_sockets(listener, self.bootstrap.ipv6)
+        handle = ListenerHandle(listener, snapshot)
+        self._handles[(listener.address, listener.port)] = handle
+        self._opened.append((handle, socks))
+
+    async def _serve_opened(self) -> None:
         loop = asyncio.get_running_loop()
-        listener = handle.listener
-        host: str | list[str] = listener.address
-        if listener.use_original_dst and self.bootstrap.ipv6 and listener.address == "0.0.0.0":
-            host = ["0.0.0.0", "::"]
-        ssl = server_context(listener.tls) if listener.tls is not None else None
-        if listener.freebind:
-            sock = freebind_socket(listener.address, listener.port)
-            handle.server = await loop.create_server(
-                acceptor(self.runtime, handle), sock=sock, backlog=1024, ssl=ssl
-            )
-            return
-        handle.server = await loop.create_server(
-            acceptor(self.runtime, handle),
-            host=host,
-            port=listener.port,
-            reuse_address=True,
-            backlog=1024,
-            ssl=ssl,
-        )
+        opened, self._opened = self._opened, []
+        for handle, socks in opened:
+            tls = handle.listener.tls
+            ssl = server_context(tls) if tls is not None else None
+            for sock in socks:
+                handle.servers.append(
+                    await loop.create_server(
+                        acceptor(self.runtime, handle), sock=sock, backlog=BACKLOG, ssl=ssl
+                    )
+                )
 
     def _adopt(self, snapshot: Snapshot) -> None:
         self._snapshot = snapshot
         self.cluster_manager.update(snapshot)  # clusters first: the new routes name them
         self.runtime.snapshot = snapshot
         freeze_config_objects()
+        rebind = self._reconcile(snapshot)
         self._reconcile_task = asyncio.get_running_loop().create_task(
-            self._reconcile(snapshot.listeners, snapshot)
+            self._finish_reconcile(rebind, snapshot)
         )
 
-    async def _reconcile(self, listeners: tuple[Listener, ...], snapshot: Snapshot) -> None:
-        wanted = {(lis.address, lis.port): lis for lis in listeners}
+    def _reconcile(self, snapshot: Snapshot) -> list[Listener]:
+        """Listeners to the new snapshot, before any await: removed ones stop accepting (their
+        connections finish on their own), kept ones take the new config for new connections, new
+        ones are bound and listening. Returns the listeners whose certificates changed: those get
+        a new socket server once the old one's socket is gone (`_finish_reconcile`)."""
+        wanted = {(lis.address, lis.port): lis for lis in snapshot.listeners}
+        rebind: list[Listener] = []
         for key, handle in list(self._handles.items()):
-            if key not in wanted:
-                if handle.server is not None:
-                    handle.server.close()
-                del self._handles[key]
-                log.info("listener %s removed", handle.listener.name)
-        for key, listener in wanted.items():
-            existing = self._handles.get(key)
-            if existing is not None:
-                if existing.listener.tls == listener.tls:
-                    existing.update(listener, snapshot)
-                    continue
-                # New certificates: a new socket server (connections in flight keep theirs).
-                if existing.server is not None:
-                    existing.server.close()
-                del self._handles[key]
-            handle = ListenerHandle(listener, snapshot)
-            try:
-                await self._bind(handle)
-            except OSError as exc:
-                log.error("listener %s: cannot bind %s:%d: %s", listener.name, *key, exc)
+            listener = wanted.get(key)
+            if listener is not None and handle.listener.tls == listener.tls:
+                handle.update(listener, snapshot)
                 continue
-            self._handles[key] = handle
-            log.info("listener %s added on %s:%d", listener.name, *key)
+            handle.close()
+            del self._handles[key]
+            if listener is None:
+                log.info("listener %s removed", handle.listener.name)
+            else:
+                rebind.append(listener)
+        for key, listener in wanted.items():
+            if key not in self._handles and listener not in rebind:
+                self._try_open(listener, snapshot)
+        return rebind
+
+    def _try_open(self, listener: Listener, snapshot: Snapshot) -> bool:
+        try:
+            self._open(listener, snapshot)
+        except OSError as exc:
+            log.debug("listener %s: bind %s:%d: %s", listener.name, listener.address,
+                      listener.port, exc)
+            return False
+        log.info("listener %s added on %s:%d", listener.name, listener.address, listener.port)
+        return True
+
+    async def _finish_reconcile(self, rebind: list[Listener], snapshot: Snapshot) -> None:
+        # A closed server's socket may be released only at the loop's next turns (uvloop).
+        for listener in rebind:
+            for _ in range(REBIND_ATTEMPTS):
+                await asyncio.sleep(REBIND_PAUSE)
+                if self._try_open(listener, snapshot):
+                    break
+            else:
+                log.error("listener %s: cannot bind %s:%d", listener.name, listener.address,
+                          listener.port)
+        await self._serve_opened()
 
     async def _watch(self) -> None:
         interval = self.bootstrap.watch_interval
         while True:
             await asyncio.sleep(interval)
             stamps = _file_stamps(self.bootstrap.config_files)
-            if stamps != self._stamps:
+            if stamps == self._stamps:
+                continue
+            # A file being written (truncated, then filled) must not be read half-way: a YAML
+            # stream cut between documents parses, and would drop whatever followed the cut.
+            await asyncio.sleep(WRITE_SETTLE)
+            if _file_stamps(self.bootstrap.config_files) == stamps:
                 self._stamps = stamps
                 log.info("config files changed; reloading")
                 self.reload()
@@ -310,8 +319,7 @@ class ProxyServer:
         deadline = self.bootstrap.termination_drain_duration
         log.info("draining %d connections (up to %.1fs)", len(self.runtime.connections), deadline)
         for handle in self._handles.values():
-            if handle.server is not None:
-                handle.server.close()
+            handle.close()
         self.runtime.drain_all()
         end = time.monotonic() + deadline
         while self.runtime.connections and time.monotonic() < end:
@@ -327,8 +335,7 @@ class ProxyServer:
             if task is not None:
                 task.cancel()
         for handle in self._handles.values():
-            if handle.server is not None:
-                handle.server.close()
+            handle.close()
         for srv in self._admin:
             srv.close()
         self.cluster_manager.close()

@@ -36,13 +36,13 @@ log = logging.getLogger(__name__)
 class ListenerHandle:
     """A bound listener: its socket server and the config new connections are accepted with."""
 
-    __slots__ = ("listener", "selector", "server", "snapshot")
+    __slots__ = ("listener", "selector", "servers", "snapshot")
 
     def __init__(self, listener: Listener, snapshot: Snapshot) -> None:
         self.listener = listener
         self.snapshot = snapshot
         self.selector = ChainSelector(listener)
-        self.server: asyncio.Server | None = None
+        self.servers: list[asyncio.Server] = []  # one per bound address (dual stack: two)
 
     def update(self, listener: Listener, snapshot: Snapshot) -> None:
         """Adopt a new snapshot; the selector is rebuilt only when the listener changed."""
@@ -52,13 +52,17 @@ class ListenerHandle:
         self.snapshot = snapshot
 
     def bound_addresses(self) -> list[Address]:
-        if self.server is None:
-            return []
         out: list[Address] = []
-        for sock in self.server.sockets:
-            name = sock.getsockname()
-            out.append((str(name[0]), int(name[1])))
+        for server in self.servers:
+            for sock in server.sockets:
+                name = sock.getsockname()
+                out.append((str(name[0]), int(name[1])))
         return out
+
+    def close(self) -> None:
+        """Stop accepting; connections already accepted go on."""
+        for server in self.servers:
+            server.close()
 
 
 def _pair(addr: object) -> Address:

@@ -246,3 +246,16 @@ class MetricsStore:
             for labels, t in store.tcp.items():
                 out.tcp.setdefault(labels, TcpSeries()).add(t)
         return out
+
+
+class DisabledMetrics(MetricsStore):
+    """Istio's metrics switched off (`--no-metrics`): nothing recorded, an empty exposition."""
+
+    def record_http(self, info: StreamInfo, runtime: Runtime) -> None:
+        return
+
+    def tcp_opened(self, info: StreamInfo, runtime: Runtime) -> None:
+        return
+
+    def tcp_closed(self, info: StreamInfo, runtime: Runtime) -> None:
+        return

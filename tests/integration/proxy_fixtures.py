@@ -58,8 +58,7 @@ class RunningProxy:
     clusters: ClusterManager = field(repr=False)
 
     def close(self) -> None:
-        if self.handle.server is not None:
-            self.handle.server.close()
+        self.handle.close()
         self.runtime.abort_all()
         self.clusters.close()
 
@@ -99,8 +98,8 @@ async def start_proxy(
     runtime = Runtime(bootstrap or Bootstrap(), manager, log)
     handle = ListenerHandle(listener, snapshot)
     loop = asyncio.get_running_loop()
-    handle.server = await loop.create_server(acceptor(runtime, handle), "127.0.0.1", 0)
-    port = handle.server.sockets[0].getsockname()[1]
+    handle.servers.append(await loop.create_server(acceptor(runtime, handle), "127.0.0.1", 0))
+    port = handle.servers[0].sockets[0].getsockname()[1]
     return RunningProxy(runtime=runtime, handle=handle, log=log, port=port, clusters=manager)
 
 

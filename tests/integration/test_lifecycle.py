@@ -136,3 +136,48 @@ def test_quitquitquit_and_health_fail(upstreams: tuple[int, int]) -> None:
         assert sc.admin("POST", "/healthcheck/ok")[0] == 200
         assert sc.admin("POST", "/quitquitquit")[0] == 200
         assert sc.proc is not None and sc.proc.wait(10) == 0
+
+
+def _refused(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=5).close()
+    except ConnectionRefusedError:
+        return True
+    return False
+
+
+def test_a_listener_added_by_reload_accepts_once_reload_answers(upstreams: tuple[int, int]) -> None:
+    """POST /reload answered 200 means the new listeners already accept (no refused window)."""
+    pa, _ = upstreams
+    ports = free_port(), free_port()
+    with SidecarProcess(ingress_sidecar_yaml(ports[0], pa), "--no-watch") as sc:
+        for i in range(1, 21):
+            port = ports[i % 2]
+            sc.config.write_text(ingress_sidecar_yaml(port, pa))
+            assert sc.admin("POST", "/reload")[0] == 200
+            assert not _refused(port), f"reload {i}: listener on {port} refused a connection"
+            assert _refused(ports[(i + 1) % 2]), f"reload {i}: the removed listener still accepts"
+        assert _get(ports[0])[:2] == (200, "from a\n")
+        assert sc.terminate() == 0
+
+
+def test_a_config_file_caught_half_written_is_not_applied(upstreams: tuple[int, int]) -> None:
+    """A file written in two steps (truncate + write, as most tools do) is read only once it
+    stops changing: the half that parses but lacks the listener never removes it."""
+    pa, pb = upstreams
+    port = free_port()
+    whole = {name: "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: default\n---\n"
+             + ingress_sidecar_yaml(port, p) for name, p in (("a", pa), ("b", pb))}
+    with SidecarProcess(whole["a"], "--watch-interval", "0.02") as sc:
+        for i in range(6):
+            text = whole["b" if i % 2 == 0 else "a"]
+            with sc.config.open("w") as f:
+                f.write(text[: text.index("---")])  # a valid stream without the Sidecar
+                f.flush()
+                time.sleep(0.1)  # the watcher looks 5 times meanwhile
+                f.write(text[text.index("---"):])
+            time.sleep(0.4)
+            assert not _refused(port), f"write {i}: the listener was removed"
+        assert _get(port)[:2] == (200, "from a\n")
+        assert "removed" not in sc.stderr()
+        assert sc.terminate() == 0

@@ -74,8 +74,8 @@ async def start_auto_proxy(upstream_port: int, timeout: float = DETECTION_TIMEOU
     runtime = Runtime(Bootstrap(), manager, log)
     handle = ListenerHandle(listener, snapshot)
     loop = asyncio.get_running_loop()
-    handle.server = await loop.create_server(acceptor(runtime, handle), "127.0.0.1", 0)
-    port = handle.server.sockets[0].getsockname()[1]
+    handle.servers.append(await loop.create_server(acceptor(runtime, handle), "127.0.0.1", 0))
+    port = handle.servers[0].sockets[0].getsockname()[1]
     return RunningProxy(runtime=runtime, handle=handle, log=log, port=port, clusters=manager)
 
 

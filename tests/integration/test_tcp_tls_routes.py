@@ -61,8 +61,7 @@ class L4Proxy:
         self.port = port
 
     def close(self) -> None:
-        if self.handle.server is not None:
-            self.handle.server.close()
+        self.handle.close()
         self.runtime.abort_all()
         self.cm.close()
 
@@ -100,8 +99,8 @@ async def start_l4(chains: tuple[FilterChain, ...], ports: dict[str, int]) -> L4
     runtime = Runtime(Bootstrap(), cm, log)
     handle = ListenerHandle(listener, snapshot)
     loop = asyncio.get_running_loop()
-    handle.server = await loop.create_server(acceptor(runtime, handle), "127.0.0.1", 0)
-    return L4Proxy(handle, runtime, log, cm, int(handle.server.sockets[0].getsockname()[1]))
+    handle.servers.append(await loop.create_server(acceptor(runtime, handle), "127.0.0.1", 0))
+    return L4Proxy(handle, runtime, log, cm, int(handle.servers[0].sockets[0].getsockname()[1]))
 
 
 async def tcp_ask(port: int, payload: bytes = b"hi") -> bytes:
