@@ -19,6 +19,8 @@ from typing import Any
 import yaml
 
 from sidecar.errors import BootstrapError
+from sidecar.observability import metrics_buckets
+from sidecar.observability.access_log_format import check_format as check_access_log_format
 from sidecar.upstream.dns_conf import parse_server
 
 
@@ -75,6 +77,9 @@ class Bootstrap:
     termination_drain_duration: float = 5.0  # ProxyConfig.terminationDrainDuration
     watch_config: bool = True
     metrics: bool = True  # Istio's standard metrics recorded (the proxy's own stats always are)
+    # Histogram bounds by stat prefix (--stats-histogram-buckets JSON, as Istio's annotation
+    # sidecar.istio.io/statsHistogramBuckets, whose prefixes these replace); sorted by prefix.
+    stats_histogram_buckets: metrics_buckets.Overrides = ()
     watch_interval: float = 1.0
     # Protocol detection on auto ports waits this long for the client's first bytes before
     # treating the connection as TCP (server-first protocols); 0 = wait for ever. Istio: 100ms.
@@ -185,6 +190,12 @@ def build(overrides: Mapping[str, Any], env: Mapping[str, str] | None = None) ->
         values["tracing"] = replace(values.get("tracing", Tracing()), **given)
         overrides = {k: v for k, v in overrides.items() if k != "tracing"}
     values.update({k: v for k, v in overrides.items() if v is not None})
+    buckets = values.get("stats_histogram_buckets")
+    if isinstance(buckets, str):  # the flag's JSON text
+        try:
+            values["stats_histogram_buckets"] = metrics_buckets.parse(buckets)
+        except ValueError as exc:
+            raise BootstrapError(f"--stats-histogram-buckets: {exc}") from None
     known = {f.name for f in fields(Bootstrap)}
     unknown = set(values) - known
     if unknown:
@@ -217,8 +228,7 @@ def _check(boot: Bootstrap) -> None:
         raise BootstrapError(f"watch_interval: {boot.watch_interval}: must be > 0 seconds")
     for server in boot.dns_resolvers:
         parse_server(server)  # raises BootstrapError
-    if boot.access_log_format not in ("text", "json"):
-        raise BootstrapError(f"access_log_format: {boot.access_log_format!r}: text or json")
+    check_access_log_format(boot.access_log_format)  # raises BootstrapError naming the operator
 
 
 def to_json(boot: Bootstrap) -> dict[str, Any]:
@@ -232,6 +242,8 @@ def to_json(boot: Bootstrap) -> dict[str, Any]:
             v = [str(p) for p in v]
         elif isinstance(v, Tracing):
             v = {"zipkin_address": v.zipkin_address, "sampling": v.sampling}
+        elif f.name == "stats_histogram_buckets":
+            v = metrics_buckets.to_json(v)
         out[f.name] = v
     out["node_id"] = boot.node_id
     return json.loads(json.dumps(out))  # type: ignore[no-any-return]

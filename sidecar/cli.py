@@ -42,10 +42,15 @@ _RUN_FLAGS: tuple[tuple[str, str, Any, str], ...] = (
     ("--protocol-detection-timeout", "protocol_detection_timeout", float,
      "seconds auto-detection waits for a client's first bytes, 0 = no limit (0.1)"),
     ("--access-log", "access_log", str, 'access log path; "" = off (/dev/stdout)'),
-    ("--access-log-format", "access_log_format", str, "text | json (text)"),
+    ("--access-log-format", "access_log_format", str,
+     "text (Istio's default) | json (Istio's keys) | envoy (Envoy's default) | an Envoy format "
+     "string of %%COMMAND%% operators | a JSON object of them (json_format) (text)"),
     ("--log-level", "log_level", str, "debug | info | warning | error (info)"),
     ("--watch-interval", "watch_interval", float,
      "seconds between checks of the config files for changes (1)"),
+    ("--stats-histogram-buckets", "stats_histogram_buckets", str,
+     'histogram bounds by stat prefix, JSON as the annotation sidecar.istio.io/'
+     'statsHistogramBuckets: {"istiocustom": [1, 5, 10]}; replaces its equal prefixes'),
 )
 # Flags that override one field of Bootstrap.tracing (PROXY_CONFIG tracing.*).
 _TRACING_FLAGS: tuple[tuple[str, str, Any, str], ...] = (

@@ -87,3 +87,24 @@ SYNTHETIC_BODY: dict[ResponseFlag, bytes] = {
     ResponseFlag.DF: b"dns resolution failure",
     ResponseFlag.NC: b"cluster not found",
 }
+
+# Envoy's %RESPONSE_CODE_DETAILS% when the proxy ends a request itself ("via_upstream" when the
+# upstream answered).
+DETAILS: dict[ResponseFlag, str] = {
+    ResponseFlag.NR: "route_not_found",
+    ResponseFlag.UH: "no_healthy_upstream",
+    ResponseFlag.UF: "upstream_reset_before_response_started{connection_failure}",
+    ResponseFlag.UO: "overflow",
+    ResponseFlag.UC: "upstream_reset_before_response_started{connection_termination}",
+    ResponseFlag.UR: "upstream_reset_before_response_started{remote_reset}",
+    ResponseFlag.URX: "upstream_reset_before_response_started{connection_failure}",
+    ResponseFlag.UT: "response_timeout",
+    ResponseFlag.RBAC: "rbac_access_denied_matched_policy[none]",
+    ResponseFlag.UPE: "upstream_reset_before_response_started{protocol_error}",
+    ResponseFlag.DF: "dns_resolution_failure",
+    ResponseFlag.NC: "cluster_not_found",
+    ResponseFlag.FI: "fault_filter_abort",
+    ResponseFlag.DC: "downstream_remote_disconnect",
+    ResponseFlag.SI: "stream_idle_timeout",
+}
+VIA_UPSTREAM = "via_upstream"

@@ -19,6 +19,7 @@ from sidecar.outcome import ResponseFlag
 if TYPE_CHECKING:
     from sidecar.bootstrap import Bootstrap
     from sidecar.config.snapshot import Endpoint, FilterChain, Listener, Snapshot
+    from sidecar.http.grpc_messages import GrpcMessages
     from sidecar.observability.tracing import SpanRecord, Tracer
     from sidecar.upstream.cluster import ClusterManager
 
@@ -82,9 +83,16 @@ class StreamInfo:
     requested_server_name: str = "-"
     listener_name: str = "-"
     direction: str = "-"  # "inbound" | "outbound"
+    # Access log timings (Envoy's REQUEST_DURATION, RESPONSE_DURATION, RESPONSE_TX_DURATION) and
+    # L4 termination details; 0.0 / "-" (unset, logged as "-") until the request path sets them.
+    request_end_mono: float = 0.0  # last byte of the request received from downstream
+    response_start_mono: float = 0.0  # first byte of the response read from upstream
+    connection_termination_details: str = "-"
     # For the metrics' labels: the downstream peer's IP and the endpoint the balancer chose.
     downstream_remote_ip: str = "-"
     upstream_endpoint: Endpoint | None = None
+    # gRPC calls only: the messages counted each way (http/grpc_messages.py), for the metrics.
+    grpc_messages: GrpcMessages | None = None
     # Set by the tracer on sampled requests only (observability/tracing.py).
     trace: SpanRecord | None = None
 

@@ -8,6 +8,8 @@ what the proxy does but are not implemented are warned about.
 
 from __future__ import annotations
 
+import yaml
+
 from sidecar.config import names
 from sidecar.config.nodes import Fields, Node
 from sidecar.config.resources import (
@@ -27,6 +29,7 @@ from sidecar.config.resources import (
     SliceEndpoint,
     SlicePort,
 )
+from sidecar.observability import metrics_buckets
 
 TRANSPORTS = ("TCP", "UDP", "SCTP")
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
@@ -308,8 +311,35 @@ def parse_pod(meta: ObjectMeta, root: Fields) -> Pod:
     if status is not None and (sf := status.fields()) is not None:
         pod_ip = sf.read("podIP", names.ip, "")
         sf.finish(ignore_all=True)
+    buckets = _histogram_buckets(root.get("metadata"))
     root.finish()
-    return Pod(meta, account, ports, pod_ip)
+    return Pod(meta, account, ports, pod_ip, buckets)
+
+
+def _child(node: Node, key: str) -> Node | None:
+    """A mapping's value by key without taking the mapping as Fields (read once already)."""
+    if isinstance(node.node, yaml.MappingNode):
+        for k, v in node.node.value:
+            if isinstance(k, yaml.ScalarNode) and k.value == key:
+                return Node(v, node.child_path(key), node.doc)
+    return None
+
+
+def _histogram_buckets(meta: Node | None) -> metrics_buckets.Overrides:
+    """metadata.annotations' sidecar.istio.io/statsHistogramBuckets, validated (an error names
+    the field and the reason)."""
+    annotations = _child(meta, "annotations") if meta is not None else None
+    node = _child(annotations, metrics_buckets.ANNOTATION) if annotations is not None else None
+    if node is None or node.is_null:
+        return ()
+    text = node.string()
+    if text is None:
+        return ()
+    try:
+        return metrics_buckets.parse(text)
+    except ValueError as exc:
+        node.error(f"invalid histogram buckets: {exc}")
+        return ()
 
 
 def parse_workload(meta: ObjectMeta, root: Fields, kind: str) -> Deployment:
@@ -317,6 +347,7 @@ def parse_workload(meta: ObjectMeta, root: Fields, kind: str) -> Deployment:
     labels: frozenset[tuple[str, str]] = frozenset()
     account: str = "default"
     ports: tuple[ContainerPort, ...] = ()
+    buckets: metrics_buckets.Overrides = ()
     spec_node = root.get("spec")
     if spec_node is not None and (spec := spec_node.fields()) is not None:
         tmpl_node = spec.require("template")
@@ -325,8 +356,9 @@ def parse_workload(meta: ObjectMeta, root: Fields, kind: str) -> Deployment:
             if tmeta is not None and (mf := tmeta.fields()) is not None:
                 labels = names.selector_labels(mf, "labels")
                 mf.finish(ignore_all=True)
+                buckets = _histogram_buckets(tmeta)
             account, ports = _pod_spec(tmpl.get("spec"))
             tmpl.finish()
         spec.finish(ignore_all=True)
     root.finish(frozenset({"status"}))
-    return Deployment(meta, kind, labels, account, ports)
+    return Deployment(meta, kind, labels, account, ports, buckets)

@@ -198,6 +198,8 @@ class Pod(Resource):
     service_account: str = "default"
     ports: tuple[ContainerPort, ...] = ()
     pod_ip: str = ""
+    # metadata.annotations sidecar.istio.io/statsHistogramBuckets, parsed (metrics_buckets.py)
+    stats_histogram_buckets: tuple[tuple[str, tuple[float, ...]], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,6 +211,7 @@ class Deployment(Resource):
     template_labels: Labels = frozenset()
     service_account: str = "default"
     ports: tuple[ContainerPort, ...] = ()
+    stats_histogram_buckets: tuple[tuple[str, tuple[float, ...]], ...] = ()  # template's
 
     @property
     def kind_name(self) -> str:

@@ -233,6 +233,8 @@ class Workload:
     service_account: str = "default"
     address: str = ""
     locality: str = ""  # "region/zone/subzone" (Pod label istio-locality, WorkloadEntry locality)
+    # The Pod's sidecar.istio.io/statsHistogramBuckets: (stat prefix, bounds), sorted by prefix.
+    stats_histogram_buckets: tuple[tuple[str, tuple[float, ...]], ...] = ()
 
     def label(self, key: str, default: str = "") -> str:
         for k, v in self.labels:

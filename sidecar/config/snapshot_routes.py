@@ -170,6 +170,8 @@ class Route:
     fault: Fault | None = None
     cors: Cors | None = None
     retry: RetryPolicy | None = None
+    # Envoy's route decorator: the span name, as Istio builds it ("host:port/path*"); "" = none
+    operation: str = ""
 
 
 @dataclass(frozen=True, slots=True)

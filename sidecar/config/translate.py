@@ -49,7 +49,8 @@ def find_workload(mesh: MeshConfig, boot: Bootstrap, notes: Notes) -> inbound.Wo
             named = tuple((p.name, p.container_port) for p in pod.ports if p.name)
             labels = pod.meta.labels
             ip = pod.pod_ip or boot.instance_ip
-            w = Workload(name, ns, labels, pod.service_account, ip, locality_of(labels))
+            w = Workload(name, ns, labels, pod.service_account, ip, locality_of(labels),
+                         pod.stats_histogram_buckets)  # fmt: skip
             return inbound.WorkloadInfo(w, named)
     for we in mesh.of(WorkloadEntry):
         if (we.meta.namespace, we.meta.name) == (ns, name):
@@ -66,7 +67,8 @@ def find_workload(mesh: MeshConfig, boot: Bootstrap, notes: Notes) -> inbound.Wo
         d = max(owners, key=lambda o: len(o.meta.name))
         named = tuple((p.name, p.container_port) for p in d.ports if p.name)
         labels = d.template_labels
-        w = Workload(name, ns, labels, d.service_account, boot.instance_ip, locality_of(labels))
+        w = Workload(name, ns, labels, d.service_account, boot.instance_ip, locality_of(labels),
+                     d.stats_histogram_buckets)  # fmt: skip
         return inbound.WorkloadInfo(w, named)
     if name:
         notes.warn(
@@ -181,7 +183,7 @@ def translate(mesh: MeshConfig, boot: Bootstrap) -> Snapshot:
         base = inbound.inbound_cluster(named, boot)
         clusters[ip.cluster] = dr_index.inbound(base, ip.service, ip.service_port)
         if outbound.serves_http(ip.protocol):
-            routes[ip.cluster] = inbound.inbound_route_config(ip)
+            routes[ip.cluster] = inbound.inbound_route_config(ip, base.service)
         if ip.bind:
             listeners.append(inbound.bound_listener(ip, boot.protocol_detection_timeout))
         elif ip.tls is not None:

@@ -111,10 +111,26 @@ def http_routes(vs: VirtualService, b: Binding, dests: Destinations) -> list[Rou
             continue
         for m in entries or [None]:
             match = RouteMatch() if m is None else route_match(m)
-            out.append(replace(action, name=_route_name(r, m), match=match))
+            op = route_operation(action, match, vs.meta.name, b.port)
+            out.append(replace(action, name=_route_name(r, m), match=match, operation=op))
             if match == RouteMatch():
                 return out  # a catch-all: what follows can never match
     return out
+
+
+def route_operation(route: Route, match: RouteMatch, vs_name: str, port: int) -> str:
+    """Istio's decorator operation (the span name): "host:port" of a lone destination cluster,
+    else "vs-name:listener-port"; then the path: prefix + "*", the exact path, or the regex."""
+    if match.path is not None:
+        path = match.path
+    elif match.regex is not None:
+        path = match.regex
+    else:
+        path = (match.prefix or "/") + "*"
+    parts = route.cluster.split("|")
+    if len(parts) == 4 and parts[1].isdigit() and parts[3]:  # outbound|PORT|SUBSET|HOST
+        return f"{parts[3]}:{parts[1]}{path}"
+    return f"{vs_name}:{port}{path}"
 
 
 def _route_name(r: HTTPRoute, m: HTTPMatchRequest | None) -> str:

@@ -185,8 +185,10 @@ def inbound_cluster(ip: InboundPort, boot: Bootstrap) -> Cluster:
     )
 
 
-def inbound_route_config(ip: InboundPort) -> RouteConfig:
-    route = Route("default", RouteMatch(prefix="/"), cluster=ip.cluster)
+def inbound_route_config(ip: InboundPort, fqdn: str = "") -> RouteConfig:
+    # Istio's inbound decorator: the served Service's "host:port/*" (none when no Service).
+    op = f"{fqdn}:{ip.service_port or ip.port}/*" if fqdn else ""
+    route = Route("default", RouteMatch(prefix="/"), cluster=ip.cluster, operation=op)
     return RouteConfig(ip.cluster, (VirtualHost(f"inbound|http|{ip.port}", ("*",), (route,)),))
 
 

@@ -97,7 +97,7 @@ def default_vhost(svc: MeshService, port: int, proxy_ns: str) -> VirtualHost:
     return VirtualHost(
         f"{svc.hostname}:{port}",
         domains(svc, port, proxy_ns),
-        (Route("default", RouteMatch(prefix="/"), cluster=cluster),),
+        (Route("default", RouteMatch(), cluster=cluster, operation=f"{svc.hostname}:{port}/*"),),
     )
 
 

@@ -28,9 +28,11 @@ of the response.
 from __future__ import annotations
 
 import asyncio
+from time import monotonic
 from typing import TYPE_CHECKING, Protocol
 
 from sidecar.http import grpc, local_reply
+from sidecar.http.grpc_messages import for_call
 from sidecar.http.headers import apply_forwarding
 from sidecar.http.mirror import MirrorSet
 from sidecar.http.route_actions import CompiledOps, RouteActions, edit_response
@@ -38,7 +40,7 @@ from sidecar.http.route_stage import RouteStage
 from sidecar.http.router import CompiledRoute, RouteTable
 from sidecar.http.stream import END, End, Headers, RequestHead, ResponseHead, UpstreamRequest
 from sidecar.http.stream_info import finish_request
-from sidecar.outcome import ResponseFlag
+from sidecar.outcome import DETAILS, VIA_UPSTREAM, ResponseFlag
 from sidecar.runtime import Downstream, Runtime, StreamInfo
 from sidecar.upstream.connect import UpstreamConnectError
 from sidecar.upstream.h2_pool import Http2Pool
@@ -91,6 +93,7 @@ class ActiveStream(RouteStage):
         "conn",
         "done",
         "endpoint",
+        "grpc_msgs",
         "head",
         "info",
         "pool",
@@ -129,19 +132,23 @@ class ActiveStream(RouteStage):
         self.upgrading = False
         self.attached = False  # an upstream request was sent (upstream_rq_* counted)
         self.retried = False
+        # gRPC calls count their messages each way (grpc_messages.py); None for the rest.
+        self.grpc_msgs = info.grpc_messages = for_call(head) if head.grpc else None
 
     # request side (called by the connection manager) ---------------------------------------
 
     def start(self) -> None:
         head = self.head
         conn = self.conn
-        tracer = conn.runtime.tracer
-        if tracer is not None:
-            tracer.begin(head, self.info)
-        if head.expect_continue:
-            conn.send_continue()
+        if head.request_id is not None:  # the caller's; local replies log it too
+            self.info.request_id = head.request_id.decode("latin-1")
         table = conn.table
         r = table.route(head) if table is not None else None
+        tracer = conn.runtime.tracer
+        if tracer is not None:  # after routing, as Envoy: the span is named by the route
+            tracer.begin(head, self.info, r.route if r is not None else None)
+        if head.expect_continue:
+            conn.send_continue()
         if r is None:
             self.fail(ResponseFlag.NR)
             return
@@ -152,6 +159,7 @@ class ActiveStream(RouteStage):
         if acts is not None:
             self._filters(r, acts)
         elif route.direct_status is not None:
+            self.info.response_code_details = "direct_response"
             self._local(route.direct_status, route.direct_body)
         else:
             self._forward(r, None)  # the connection manager flushes once the events are in
@@ -207,9 +215,8 @@ class ActiveStream(RouteStage):
             self._start_mirrors(route.mirrors, route.timeout)
         if head.grpc:
             self._arm_deadline(route.timeout)
-        rid = head.request_id
-        if rid is not None:
-            info.request_id = rid.decode("latin-1")
+        if info.request_id == "-" and head.request_id is not None:  # generated just now
+            info.request_id = head.request_id.decode("latin-1")
         self._dispatch(pool)
 
     def _dispatch(self, pool: Http1Pool | Http2Pool) -> UpstreamRequest | None:
@@ -275,6 +282,8 @@ class ActiveStream(RouteStage):
 
     def on_request_data(self, data: bytes) -> None:
         self.info.bytes_received += len(data)
+        if self.grpc_msgs is not None:
+            self.grpc_msgs.request.feed(data)
         if self.mirrors is not None:
             self.mirrors.data(data)
         up = self.upstream
@@ -290,6 +299,7 @@ class ActiveStream(RouteStage):
 
     def on_request_end(self, end: End) -> None:
         self.request_done = True
+        self.info.request_end_mono = monotonic()
         if self.mirrors is not None:
             self.mirrors.end(end)
         up = self.upstream
@@ -349,7 +359,10 @@ class ActiveStream(RouteStage):
         self.response_started = True
         if self.resp_ops is not None or self.resp_extra is not None:
             edit_response(head, self.resp_ops or (), self.resp_extra)
-        self.info.response_code = head.status
+        info = self.info
+        info.response_start_mono = monotonic()
+        info.response_code = head.status
+        info.response_code_details = VIA_UPSTREAM
         if self.head.grpc:
             self.info.grpc_status = grpc.status_of(head.headers)  # trailers-only responses
         if head.status == 101:
@@ -363,6 +376,8 @@ class ActiveStream(RouteStage):
 
     def on_response_data(self, data: bytes) -> None:
         self.info.bytes_sent += len(data)
+        if self.grpc_msgs is not None:
+            self.grpc_msgs.response.feed(data)
         self.conn.send_data(data)
 
     def on_response_end(self, end: End) -> None:
@@ -430,7 +445,10 @@ class ActiveStream(RouteStage):
         """End the exchange with `flag`: a local reply if nothing was sent yet, else a reset."""
         if self.done:
             return
-        self.info.response_flags |= flag
+        info = self.info
+        info.response_flags |= flag
+        if info.response_code_details == "-":
+            info.response_code_details = DETAILS.get(flag, "-")
         self._drop_upstream()
         if self.response_started:
             self.conn.reset()

@@ -1,13 +1,15 @@
 """The access log: one line per finished request (L7) or connection (L4), as Envoy writes it.
 
-Theory of operation: `log()` formats the `StreamInfo` with one f-string (text: Istio's default
-format; JSON: Istio's keys) and appends the line to an in-memory batch; it never touches the file.
-The first line of a batch schedules a hand-off with `loop.call_soon`, so the batch leaves at most
-once per event-loop turn (or at once when it grows past `FLUSH_BYTES`). A hand-off gives the joined
-batch to a writer thread, which does the blocking `write` + `flush`, so a slow pipe or disk never
-stalls the event loop. Memory is bounded: when more than `MAX_PENDING_BYTES` wait for the writer,
-new batches are dropped and counted. Write errors (closed file, full disk, broken pipe) are counted
-as failed; nothing here raises into the caller.
+Theory of operation: `log()` formats the `StreamInfo` (Istio's `text` and `json` with one
+f-string each, access_log_istio.py; `envoy`, Envoy format strings and JSON format dictionaries
+with the template compiled once at start, access_log_format.py) and appends the line to an
+in-memory batch; it never touches the file. The first line of a batch schedules a hand-off with
+`loop.call_soon`, so the batch leaves at most once per event-loop turn (or at once when it grows
+past `FLUSH_BYTES`). A hand-off gives the joined batch to a writer thread, which does the
+blocking `write` + `flush`, so a slow pipe or disk never stalls the event loop. Memory is
+bounded: when more than `MAX_PENDING_BYTES` wait for the writer, new batches are dropped and
+counted. Write errors (closed file, full disk, broken pipe) are counted as failed; nothing here
+raises into the caller.
 
 Counters use Envoy's `filesystem.*` names (write_buffered, write_completed, write_failed,
 write_total_buffered) plus `dropped_lines`; each counter is written by exactly one thread.
@@ -23,15 +25,14 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from json.encoder import encode_basestring_ascii
 from typing import TextIO
 
-from sidecar.outcome import ResponseFlag
+from sidecar.observability.access_log_format import compile_format
+from sidecar.observability.access_log_istio import IstioFormatter
 from sidecar.runtime import StreamInfo
 
 FLUSH_BYTES = 64 * 1024  # hand a batch to the writer at once past this size
 MAX_PENDING_BYTES = 8 * 1024 * 1024  # waiting for the writer; past this, drop
-_quote: Callable[[str], str] = encode_basestring_ascii  # C: '"' + escaped ASCII + '"'
 _STD_STREAMS = {"/dev/stdout": "stdout", "/dev/stderr": "stderr"}
 
 
@@ -42,82 +43,12 @@ class _Reopen:
 _REOPEN = _Reopen()
 
 
-class LineFormatter:
-    """Formats a StreamInfo as one line; the time stamp is cached per second, flags per value."""
-
-    __slots__ = ("_flag_codes", "_prefix", "_second", "format")
-
-    def __init__(self, fmt: str) -> None:
-        self._second = -1
-        self._prefix = ""
-        self._flag_codes: dict[ResponseFlag, str] = {}
-        if fmt == "text":
-            self.format: Callable[[StreamInfo], str] = self.text
-        elif fmt == "json":
-            self.format = self.json
-        else:
-            raise ValueError(f"access log format {fmt!r}: expected 'text' or 'json'")
-
-    def start_time(self, t: float) -> str:
-        """Envoy's %START_TIME% default: 2026-11-26T06:44:47.123Z (UTC, milliseconds)."""
-        sec = int(t)
-        if sec != self._second:
-            self._second = sec
-            self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec))
-        return f"{self._prefix}.{int((t - sec) * 1000):03d}Z"
-
-    def flags(self, flags: ResponseFlag) -> str:
-        code = self._flag_codes.get(flags)
-        if code is None:
-            code = self._flag_codes[flags] = flags.code()
-        return code
-
-    def text(self, i: StreamInfo) -> str:
-        """Istio's default text format (Envoy's extended format), '-' for missing values."""
-        ust = i.upstream_service_time_ms
-        return (
-            f'[{self.start_time(i.start_time)}] "{i.method or "-"} {i.path or "-"} '
-            f'{i.protocol or "-"}" {i.response_code} {self.flags(i.response_flags)} '
-            f'{i.response_code_details or "-"} - "{i.upstream_transport_failure_reason or "-"}" '
-            f"{i.bytes_received} {i.bytes_sent} {i.duration_ms} {'-' if ust is None else ust} "
-            f'"{i.forwarded_for or "-"}" "{i.user_agent or "-"}" "{i.request_id or "-"}" '
-            f'"{i.authority or "-"}" "{i.upstream_host or "-"}" {i.upstream_cluster or "-"} '
-            f"{i.upstream_local_address or '-'} {i.downstream_local_address or '-'} "
-            f"{i.downstream_remote_address or '-'} {i.requested_server_name or '-'} "
-            f"{i.route_name or '-'}\n"
-        )
-
-    def json(self, i: StreamInfo) -> str:
-        """Istio's JSON keys in Istio's order; missing values are null, counts are numbers.
-
-        One f-string, with each string value quoted and escaped by the json module's C helper
-        (a dict through json.dumps costs about twice as much).
-        """
-        ust = i.upstream_service_time_ms
-        return (
-            f'{{"start_time":"{self.start_time(i.start_time)}","route_name":{_j(i.route_name)},'
-            f'"method":{_j(i.method)},"path":{_j(i.path)},"protocol":{_j(i.protocol)},'
-            f'"response_code":{i.response_code},'
-            f'"response_flags":{_j(self.flags(i.response_flags))},'
-            f'"response_code_details":{_j(i.response_code_details)},'
-            f'"connection_termination_details":null,'
-            f'"upstream_transport_failure_reason":{_j(i.upstream_transport_failure_reason)},'
-            f'"bytes_received":{i.bytes_received},"bytes_sent":{i.bytes_sent},'
-            f'"duration":{i.duration_ms},'
-            f'"upstream_service_time":{"null" if ust is None else _quote(str(ust))},'
-            f'"x_forwarded_for":{_j(i.forwarded_for)},"user_agent":{_j(i.user_agent)},'
-            f'"request_id":{_j(i.request_id)},"authority":{_j(i.authority)},'
-            f'"upstream_host":{_j(i.upstream_host)},"upstream_cluster":{_j(i.upstream_cluster)},'
-            f'"upstream_local_address":{_j(i.upstream_local_address)},'
-            f'"downstream_local_address":{_j(i.downstream_local_address)},'
-            f'"downstream_remote_address":{_j(i.downstream_remote_address)},'
-            f'"requested_server_name":{_j(i.requested_server_name)}}}\n'
-        )
-
-
-def _j(value: str) -> str:
-    """A JSON string literal, or null for a missing value ("-" or empty)."""
-    return "null" if value == "-" or not value else _quote(value)
+def line_formatter(spec: str) -> Callable[[StreamInfo], str]:
+    """The function making one log line for a format spec (see access_log_format.py): Istio's
+    `text` and `json` by their f-strings, anything else compiled; BootstrapError if bad."""
+    if spec.strip() in ("text", "json"):
+        return IstioFormatter(spec.strip()).format
+    return compile_format(spec).format
 
 
 @dataclass(slots=True)
@@ -165,7 +96,7 @@ class FileAccessLogger:
         self._flush_bytes = flush_bytes
         self._max_pending = max_pending_bytes
         self.counters = AccessLogCounters()
-        self._format = LineFormatter(fmt).format
+        self._format = line_formatter(fmt)
         self._open = self._opener(path)
         self._batch: list[str] = []
         self._batch_bytes = 0
@@ -302,8 +233,9 @@ class FileAccessLogger:
 
 
 def make_access_logger(path: str, fmt: str) -> FileAccessLogger | NullAccessLogger:
-    """The access log for a bootstrap's `access_log` path ("" = off) and format (text | json)."""
+    """The access log for a bootstrap's `access_log` path ("" = off) and format (see
+    access_log_format.py); a bad format is a BootstrapError even when the log is off."""
     if not path:
-        LineFormatter(fmt)  # still refuse an unknown format
+        line_formatter(fmt)
         return NullAccessLogger()
     return FileAccessLogger(path, fmt)

@@ -13,22 +13,35 @@ and cached, then joined with the outcome's values into the full label tuple that
 the server adopts a new snapshot (workload labels may have changed) and when they grow past a
 bound (many unknown peers); the series are kept for ever, as Prometheus counters must be.
 
+gRPC calls also carry their message counts each way (http/grpc_messages.py, counted as the
+body passes); they are added to the call's series when it ends, never periodically while a long
+stream runs. A request that is not gRPC pays one attribute test for them.
+
+Each request histogram has its own bucket bounds: Envoy's defaults unless overridden by stat-name
+prefix (metrics_buckets.py: the proxy Pod's `sidecar.istio.io/statsHistogramBuckets`, the
+`--stats-histogram-buckets` flag), resolved once, on the first snapshot, before any series exists.
+
 Rendering happens at scrape time (metrics_render.py). Series hold only numbers keyed by label
 tuples, so the stores of several worker processes add up with `merge` for one scrape.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 from bisect import bisect_left
 from typing import TYPE_CHECKING
 
+from sidecar.observability import metrics_buckets as mb
 from sidecar.observability import metrics_labels as ml
 from sidecar.outcome import ResponseFlag
 
 if TYPE_CHECKING:
+    from sidecar.bootstrap import Bootstrap
     from sidecar.config.snapshot import Snapshot
     from sidecar.runtime import Runtime, StreamInfo
+
+log = logging.getLogger(__name__)
 
 # Envoy's default histogram bucket bounds (ms for durations, bytes for sizes); +Inf is implied.
 DEFAULT_BUCKETS: tuple[float, ...] = (
@@ -39,6 +52,12 @@ CACHE_LIMIT = 10_000  # cached bindings / hot keys before the caches are cleared
 
 HotKey = tuple[str, str, str, str, int, int, int]
 TcpKey = tuple[str, str, str, str, int]
+# The request histograms: RequestSeries attribute and Envoy stat name (for bucket overrides).
+HISTOGRAMS = (
+    ("duration", mb.DURATION_STAT),
+    ("request_bytes", mb.REQUEST_BYTES_STAT),
+    ("response_bytes", mb.RESPONSE_BYTES_STAT),
+)
 
 
 class Histogram:
@@ -60,18 +79,26 @@ class Histogram:
 
 
 class RequestSeries:
-    """istio_requests_total and the three request histograms of one label set."""
+    """istio_requests_total, the gRPC message counts and the three request histograms of one
+    label set (each histogram sized by its own bounds: `sizes`, +Inf included)."""
 
-    __slots__ = ("count", "duration", "request_bytes", "response_bytes")
+    __slots__ = (
+        "count", "duration", "request_bytes", "request_messages", "response_bytes",
+        "response_messages",
+    )  # fmt: skip
 
-    def __init__(self, buckets: int) -> None:
+    def __init__(self, sizes: tuple[int, int, int]) -> None:
         self.count = 0
-        self.duration = Histogram(buckets)
-        self.request_bytes = Histogram(buckets)
-        self.response_bytes = Histogram(buckets)
+        self.request_messages = 0
+        self.response_messages = 0
+        self.duration = Histogram(sizes[0])
+        self.request_bytes = Histogram(sizes[1])
+        self.response_bytes = Histogram(sizes[2])
 
     def add(self, other: RequestSeries) -> None:
         self.count += other.count
+        self.request_messages += other.request_messages
+        self.response_messages += other.response_messages
         self.duration.add(other.duration)
         self.request_bytes.add(other.request_bytes)
         self.response_bytes.add(other.response_bytes)
@@ -100,10 +127,9 @@ class MetricsStore:
     """One process's Istio metrics: series by label tuple, plus the hot-path caches."""
 
     def __init__(self, buckets: tuple[float, ...] = DEFAULT_BUCKETS) -> None:
-        self.buckets = tuple(float(b) for b in buckets)
-        # Bisect compares like with like (int against float is a slow path): durations are
-        # floats; byte counts are ints, and for an int n, n <= bound exactly when n <= floor.
-        self._int_buckets = tuple(math.floor(b) for b in buckets)
+        self.buckets = tuple(float(b) for b in buckets)  # the default of every histogram
+        self._set_bounds({})
+        self._overrides: mb.Overrides | None = None  # looked up on the first snapshot
         self.requests: dict[tuple[str, ...], RequestSeries] = {}
         self.tcp: dict[tuple[str, ...], TcpSeries] = {}
         self._hot: dict[HotKey, RequestSeries] = {}
@@ -111,11 +137,32 @@ class MetricsStore:
         self._bindings: dict[tuple[str, str, str, str], tuple[str, ...]] = {}
         self._snapshot: Snapshot | None = None
 
+    def _set_bounds(self, bounds: dict[str, mb.Bounds]) -> None:
+        self.bounds = {attr: bounds.get(attr, self.buckets) for attr, _ in HISTOGRAMS}
+        self._duration_bounds = self.bounds["duration"]
+        # Bisect compares like with like (int against float is a slow path): durations are
+        # floats; byte counts are ints, and for an int n, n <= bound exactly when n <= floor.
+        self._request_bounds = tuple(math.floor(b) for b in self.bounds["request_bytes"])
+        self._response_bounds = tuple(math.floor(b) for b in self.bounds["response_bytes"])
+        self._sizes = (
+            len(self._duration_bounds) + 1,
+            len(self._request_bounds) + 1,
+            len(self._response_bounds) + 1,
+        )
+
+    def resolve_buckets(self, overrides: mb.Overrides) -> None:
+        """Each request histogram's bounds from prefix overrides (before any series exists)."""
+        if self.requests:
+            raise ValueError("bucket bounds cannot change once requests were recorded")
+        self._set_bounds({
+            attr: mb.bounds_for(stat, overrides, self.buckets) for attr, stat in HISTOGRAMS
+        })  # fmt: skip
+
     # -- hot path -------------------------------------------------------------------------------
     def record_http(self, info: StreamInfo, runtime: Runtime) -> None:
         """One finished request (called by finish_request)."""
         if runtime.snapshot is not self._snapshot:
-            self._adopt(runtime.snapshot)
+            self._adopt(runtime.snapshot, runtime.bootstrap)
         grpc = info.grpc_status
         key = (
             info.direction,
@@ -130,18 +177,21 @@ class MetricsStore:
         if s is None:
             s = self._request_series(key, info, runtime)
         s.count += 1
+        m = info.grpc_messages
+        if m is not None:
+            s.request_messages += m.request.count
+            s.response_messages += m.response.count
         ms = (info.end_mono - info.start_mono) * 1000.0
         h = s.duration
-        h.counts[bisect_left(self.buckets, ms)] += 1
+        h.counts[bisect_left(self._duration_bounds, ms)] += 1
         h.sum += ms
-        b = self._int_buckets
         n = info.bytes_received
         h = s.request_bytes
-        h.counts[bisect_left(b, n)] += 1
+        h.counts[bisect_left(self._request_bounds, n)] += 1
         h.sum += n
         n = info.bytes_sent
         h = s.response_bytes
-        h.counts[bisect_left(b, n)] += 1
+        h.counts[bisect_left(self._response_bounds, n)] += 1
         h.sum += n
 
     def tcp_opened(self, info: StreamInfo, runtime: Runtime) -> None:
@@ -156,7 +206,18 @@ class MetricsStore:
         s.sent += info.bytes_sent
 
     # -- misses ---------------------------------------------------------------------------------
-    def _adopt(self, snapshot: Snapshot | None) -> None:
+    def _adopt(self, snapshot: Snapshot | None, boot: Bootstrap) -> None:
+        if snapshot is not None:
+            overrides = mb.merge(snapshot.workload.stats_histogram_buckets,
+                                 boot.stats_histogram_buckets)  # fmt: skip
+            if self._overrides is None and not self.requests:
+                self._overrides = overrides
+                if overrides:
+                    self.resolve_buckets(overrides)
+            elif overrides != self._overrides:
+                self._overrides = overrides
+                log.warning("%s changed: new histogram buckets apply after a restart",
+                            mb.ANNOTATION)  # fmt: skip
         self._snapshot = snapshot
         self._hot.clear()
         self._hot_tcp.clear()
@@ -164,7 +225,7 @@ class MetricsStore:
 
     def _tcp_series(self, info: StreamInfo, runtime: Runtime) -> TcpSeries:
         if runtime.snapshot is not self._snapshot:
-            self._adopt(runtime.snapshot)
+            self._adopt(runtime.snapshot, runtime.bootstrap)
         flags = info.response_flags._value_
         key = (info.direction, info.upstream_cluster, info.upstream_host,
                info.downstream_remote_ip, flags)  # fmt: skip
@@ -193,7 +254,7 @@ class MetricsStore:
         )
         s = self.requests.get(labels)
         if s is None:
-            s = self.requests[labels] = RequestSeries(len(self.buckets) + 1)
+            s = self.requests[labels] = RequestSeries(self._sizes)
         if len(self._hot) >= CACHE_LIMIT:
             self._hot.clear()
         self._hot[key] = s
@@ -236,13 +297,13 @@ class MetricsStore:
     # -- aggregation ----------------------------------------------------------------------------
     def merge(self, other: MetricsStore) -> MetricsStore:
         """A new store holding the sums of both (one scrape over several worker processes)."""
-        if other.buckets != self.buckets:
+        if other.bounds != self.bounds:
             raise ValueError("cannot merge stores with different histogram buckets")
         out = MetricsStore(self.buckets)
-        size = len(self.buckets) + 1
+        out._set_bounds(self.bounds)
         for store in (self, other):
             for labels, s in store.requests.items():
-                out.requests.setdefault(labels, RequestSeries(size)).add(s)
+                out.requests.setdefault(labels, RequestSeries(out._sizes)).add(s)
             for labels, t in store.tcp.items():
                 out.tcp.setdefault(labels, TcpSeries()).add(t)
         return out

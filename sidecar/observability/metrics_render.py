@@ -34,6 +34,11 @@ _REQUEST_HISTOGRAMS = (
     ("istio_request_bytes", "request_bytes", "Request body size in bytes."),
     ("istio_response_bytes", "response_bytes", "Response body size in bytes."),
 )
+_MESSAGE_COUNTERS = (
+    ("istio_request_messages_total", "request_messages", "gRPC messages sent by the client."),
+    ("istio_response_messages_total", "response_messages", "gRPC messages sent by the server."),
+)
+_PROTOCOL = ml.REQUEST_LABELS.index("request_protocol")
 _TCP_COUNTERS = (
     ("istio_tcp_sent_bytes_total", "sent", "Bytes sent to the downstream."),
     ("istio_tcp_received_bytes_total", "received", "Bytes received from the downstream."),
@@ -67,14 +72,19 @@ def istio_collectors(store: MetricsStore, registry: Registry) -> None:
         total = Counter("istio_requests_total", "Requests handled by the proxy.",
                         registry=registry)  # fmt: skip
         hists = [
-            (Histogram(n, doc, registry=registry, buckets=store.buckets), attr)
+            (Histogram(n, doc, registry=registry, buckets=store.bounds[attr]), attr)
             for n, attr, doc in _REQUEST_HISTOGRAMS
         ]
+        messages = [(Counter(n, doc, registry=registry), attr) for n, attr, doc in
+                    _MESSAGE_COUNTERS]  # fmt: skip
         for values, s in store.requests.items():
             labels = _labels(names, values)
             total.set(labels, s.count)
             for hist, attr in hists:
-                hist.set_value(labels, _fill(getattr(s, attr), store.buckets))
+                hist.set_value(labels, _fill(getattr(s, attr), store.bounds[attr]))
+            if values[_PROTOCOL] == "grpc" or s.request_messages or s.response_messages:
+                for counter, attr in messages:  # gRPC calls only, as Istio
+                    counter.set(labels, getattr(s, attr))
     if store.tcp:
         counters = [(Counter(n, doc, registry=registry), attr) for n, attr, doc in _TCP_COUNTERS]
         for values, t in store.tcp.items():

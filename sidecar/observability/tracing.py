@@ -2,17 +2,25 @@
 
 Theory of operation: the server makes a `Tracer` only when `Bootstrap.tracing.zipkin_address` is
 set (`Runtime.tracer` is None otherwise, and the request path tests only that). When a request
-head arrives (`begin`), its trace headers are read (tracing_context.py) and the sampling decided:
-the caller's decision wins, `x-b3-flags: 1` forces, else a random draw against the configured
-percentage. An unsampled request gets no record; only its decision is propagated upstream
-(`x-b3-sampled: 0`), so the next proxy does not draw again. A sampled request gets a small slotted
-`SpanRecord` on its StreamInfo (ids, name, url) and its upstream head carries the child context:
-this proxy's span id, with the caller's span as parent.
+head has been routed (`begin`, before anything else happens to it), its trace headers are read
+(tracing_context.py) and the sampling decided: the caller's decision wins, `x-b3-flags: 1` forces,
+else a random draw against the configured percentage. An unsampled request gets no record; only
+its decision is propagated upstream (`x-b3-sampled: 0`), so the next proxy does not draw again. A
+sampled request gets a small slotted `SpanRecord` on its StreamInfo (ids, name, url) and its
+upstream head carries the child context: this proxy's span id, with the caller's span as parent.
 
 When the request ends (`finish`, from stream_info.finish_request), the record and the StreamInfo
 become one `FinishedSpan` with Envoy's tags, kind CLIENT on outbound listeners and SERVER on
 inbound ones, and go to the export queue (tracing_export.py), which posts from its own thread.
-Span names follow Istio's `host:port/path` operation names (query string left out).
+
+Span names are Envoy's: the route's decorator operation, which the translator sets as Istio does
+(`reviews.default.svc.cluster.local:9080/*` for a service without a VirtualService; a VS route's
+`host:port` + `/*`, `prefix*`, the exact path or the regex, or `vs-name:port...` for a split).
+The client side sends it upstream as `x-envoy-decorator-operation`; the server side takes its
+span name from that header when present (else its own inbound route's `fqdn:port/*`) and removes
+it. Without a decorator (no route, passthrough) the names are Envoy's `egress HOST` / `ingress`.
+Tags are those of Envoy's HttpTracerUtility, gRPC's included (`grpc.status_code`, and
+`error=true` for the statuses Envoy counts as upstream errors).
 """
 
 from __future__ import annotations
@@ -26,24 +34,46 @@ from sidecar.observability.tracing_export import FinishedSpan, SpanQueue
 
 if TYPE_CHECKING:
     from sidecar.bootstrap import Bootstrap
+    from sidecar.config.snapshot import Route
     from sidecar.http.stream import RequestHead
     from sidecar.runtime import Runtime, StreamInfo
+
+
+# gRPC statuses Envoy tags error=true (upstream errors; client-side ones are not).
+GRPC_ERRORS = frozenset({2, 4, 8, 12, 13, 14, 15})
+MAX_PATH_TAG = 256  # Envoy's default max_path_tag_length for http.url
 
 
 class SpanRecord:
     """What a sampled request keeps until it ends."""
 
-    __slots__ = ("debug", "name", "parent_id", "span_id", "trace_id", "url")
+    __slots__ = ("debug", "extra", "name", "parent_id", "request_id", "span_id", "trace_id", "url")
 
     def __init__(
-        self, trace_id: int, span_id: int, parent_id: int, debug: bool, name: str, url: str
-    ) -> None:
+        self, trace_id: int, span_id: int, parent_id: int, debug: bool, name: str, url: str,
+        extra: dict[str, str] | None = None,
+    ) -> None:  # fmt: skip
         self.trace_id = trace_id
         self.span_id = span_id
         self.parent_id = parent_id
         self.debug = debug
         self.name = name
         self.url = url
+        self.extra = extra  # request tags of gRPC calls
+        self.request_id = "-"  # the caller's x-request-id (local replies never set the info's)
+
+
+def grpc_request_tags(head: RequestHead) -> dict[str, str]:
+    """Envoy's request tags of a gRPC call: grpc.path, grpc.authority, grpc.content_type and
+    grpc.timeout (those present)."""
+    tags = {"grpc.path": head.path.decode("latin-1")}
+    if head.authority:
+        tags["grpc.authority"] = head.authority.decode("latin-1")
+    for tag, header in (("grpc.content_type", b"content-type"), ("grpc.timeout", b"grpc-timeout")):
+        value = head.header(header)
+        if value is not None:
+            tags[tag] = value.decode("latin-1")
+    return tags
 
 
 def zipkin_endpoint(address: str) -> str:
@@ -69,8 +99,9 @@ class Tracer:
 
     # request start ---------------------------------------------------------------------------
 
-    def begin(self, head: RequestHead, info: StreamInfo) -> None:
-        """Decide sampling for a new request and rewrite its trace headers for upstream."""
+    def begin(self, head: RequestHead, info: StreamInfo, route: Route | None) -> None:
+        """Decide sampling for a new request (routed to `route`, None when no route matched)
+        and rewrite its trace headers for upstream."""
         ctx, present = extract(head.headers)
         sampled = ctx.sampled
         if sampled is None:
@@ -81,14 +112,24 @@ class Tracer:
         rng = self._rng
         trace_id = ctx.trace_id or rng.getrandbits(128) or 1
         span_id = rng.getrandbits(64) or 1
-        head.headers = inject(head.headers, present, trace_id, span_id, ctx.span_id, ctx.debug)
-        authority = head.authority.decode("latin-1") if head.authority else ""
-        if authority and ":" not in authority.rsplit("]", 1)[-1]:
-            authority += ":" + info.downstream_local_address.rsplit(":", 1)[-1]
-        path = head.path.decode("latin-1")
-        name = authority + path.split("?", 1)[0]
+        authority = head.authority.decode("latin-1")
+        operation = route.operation if route is not None else ""
+        if info.direction == "inbound":
+            name = ctx.operation.decode("latin-1") or operation or "ingress"
+            send = b""
+        else:
+            name = operation or f"egress {authority}"
+            send = operation.encode("latin-1")
+        head.headers = inject(
+            head.headers, present, trace_id, span_id, ctx.span_id, ctx.debug, send
+        )  # fmt: skip
+        path = head.path[:MAX_PATH_TAG].decode("latin-1")
         url = f"{head.scheme.decode('latin-1')}://{authority}{path}"
-        info.trace = SpanRecord(trace_id, span_id, ctx.span_id, ctx.debug, name, url)
+        extra = grpc_request_tags(head) if head.grpc else None
+        record = SpanRecord(trace_id, span_id, ctx.span_id, ctx.debug, name, url, extra)
+        info.trace = record
+        if head.request_id is not None:
+            record.request_id = head.request_id.decode("latin-1")
 
     # request end -----------------------------------------------------------------------------
 
@@ -99,14 +140,16 @@ class Tracer:
         tags = {
             "component": "proxy",
             "node_id": self.node_id,
-            "guid:x-request-id": info.request_id,
+            "guid:x-request-id": record.request_id if info.request_id == "-" else info.request_id,
             "http.url": record.url,
             "http.method": info.method,
             "http.protocol": info.protocol,
             "http.status_code": str(code),
+            "downstream_cluster": "-",
             "upstream_cluster": info.upstream_cluster,
+            "upstream_cluster.name": info.upstream_cluster,
             "upstream_address": info.upstream_host,
-            "peer.address": info.downstream_remote_address,
+            "peer.address": info.downstream_remote_ip,
             "request_size": str(info.bytes_received),
             "response_size": str(info.bytes_sent),
             "response_flags": info.response_flags.code(),
@@ -114,7 +157,12 @@ class Tracer:
         }
         if zone:
             tags["zone"] = zone
-        if code == 0 or code >= 500:
+        if record.extra is not None:
+            tags.update(record.extra)
+        grpc_status = info.grpc_status
+        if grpc_status is not None:
+            tags["grpc.status_code"] = str(grpc_status)
+        if code == 0 or code >= 500 or grpc_status in GRPC_ERRORS:
             tags["error"] = "true"
         start_ns = int(info.start_time * 1e9)
         duration_ns = int(((info.end_mono or info.start_mono) - info.start_mono) * 1e9)

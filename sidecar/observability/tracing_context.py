@@ -6,16 +6,21 @@ missing: B3 allows a bare `x-b3-sampled: 0`). Precedence is B3 multi-header, the
 then `traceparent`, as Envoy's Zipkin tracer reads them. Malformed ids are ignored (a new trace
 starts) but a well-formed sampling decision still counts. `inject` replaces every trace header of
 the request with the child context this proxy sends upstream; `tracestate` passes through.
+
+`x-envoy-decorator-operation` is Envoy's span name travelling with the request: the client-side
+proxy sends its route's operation, and the server-side proxy names its span after it and removes
+it (the application never sees it), so both spans of one hop carry the same name.
 """
 
 from __future__ import annotations
 
 from sidecar.http.stream import Headers
 
+DECORATOR = b"x-envoy-decorator-operation"
 # Headers this proxy replaces when it injects a context (tracestate is kept as received).
 REPLACED = frozenset({
     b"x-b3-traceid", b"x-b3-spanid", b"x-b3-parentspanid", b"x-b3-sampled", b"x-b3-flags",
-    b"b3", b"traceparent",
+    b"b3", b"traceparent", DECORATOR,
 })  # fmt: skip
 _HEX = frozenset(b"0123456789abcdefABCDEF")
 
@@ -23,13 +28,14 @@ _HEX = frozenset(b"0123456789abcdefABCDEF")
 class Context:
     """What a caller's trace headers said; ids are ints (0 = absent)."""
 
-    __slots__ = ("debug", "sampled", "span_id", "trace_id")
+    __slots__ = ("debug", "operation", "sampled", "span_id", "trace_id")
 
     def __init__(self) -> None:
         self.trace_id = 0
         self.span_id = 0
         self.sampled: bool | None = None  # None: the caller left the decision to us
         self.debug = False
+        self.operation = b""  # x-envoy-decorator-operation from the caller's proxy
 
 
 def _hex_id(value: bytes, lengths: tuple[int, ...]) -> int:
@@ -59,6 +65,7 @@ def extract(headers: Headers) -> tuple[Context, bool]:
     ctx = Context()
     if not found:
         return ctx, False
+    ctx.operation = found.get(DECORATOR, b"").strip()
     if b"x-b3-traceid" in found or b"x-b3-sampled" in found or b"x-b3-flags" in found:
         _b3_multi(ctx, found)
     elif b"b3" in found:
@@ -108,10 +115,14 @@ def _traceparent(ctx: Context, value: bytes) -> None:
 
 
 def inject(
-    headers: Headers, replace: bool, trace_id: int, span_id: int, parent_id: int, debug: bool
-) -> Headers:
-    """`headers` with the trace headers of the child context (sampled) in place of the caller's."""
+    headers: Headers, replace: bool, trace_id: int, span_id: int, parent_id: int, debug: bool,
+    operation: bytes = b"",
+) -> Headers:  # fmt: skip
+    """`headers` with the trace headers of the child context (sampled) in place of the caller's,
+    and `operation` (when given) as x-envoy-decorator-operation."""
     out = [h for h in headers if h[0].lower() not in REPLACED] if replace else headers
+    if operation:
+        out.append((DECORATOR, operation))
     tid = b"%032x" % trace_id
     sid = b"%016x" % span_id
     out.append((b"x-b3-traceid", tid))
@@ -127,9 +138,15 @@ def inject(
 
 def inject_unsampled(headers: Headers, ctx: Context, present: bool) -> Headers:
     """Propagate a "not sampled" decision: the caller's ids (if any) pass through as received,
-    with `x-b3-sampled: 0` added when the caller had not decided."""
-    if ctx.sampled is False and present:
+    with `x-b3-sampled: 0` added when the caller had not decided; a decorator header is removed."""
+    if not present:
+        headers.append((b"x-b3-sampled", b"0"))
         return headers
-    out = [h for h in headers if h[0].lower() != b"x-b3-sampled"] if present else headers
-    out.append((b"x-b3-sampled", b"0"))
+    decided = ctx.sampled is False
+    if decided and not ctx.operation:
+        return headers
+    drop = (DECORATOR,) if decided else (DECORATOR, b"x-b3-sampled")
+    out = [h for h in headers if h[0].lower() not in drop]
+    if not decided:
+        out.append((b"x-b3-sampled", b"0"))
     return out

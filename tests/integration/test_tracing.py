@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import http.client
 import itertools
+import re
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -29,14 +31,17 @@ from .test_traces_collector import CollectorProcess
 from .zipkin_schema import assert_valid
 
 TRACE_HEADERS = ("x-b3-traceid", "x-b3-spanid", "x-b3-parentspanid", "x-b3-sampled",
-                 "x-b3-flags", "b3", "traceparent")  # fmt: skip
+                 "x-b3-flags", "b3", "traceparent", "tracestate",
+                 "x-envoy-decorator-operation")  # fmt: skip
 TRACE_ID = "463ac35c9f6413ad48485a3953bb6124"
 CALLER_SPAN = "a2fb4a1d1a96d312"
+B_FQDN = f"b.{NAMESPACE}.svc.cluster.local"
 _ids = itertools.count()
 
 
 class _App(BaseHTTPRequestHandler):
-    """Answers 200 and records each request's trace headers by x-request-id."""
+    """Answers 200 and records each request's trace headers by x-request-id (so a request is
+    found only when its x-request-id reached the app unchanged)."""
 
     protocol_version = "HTTP/1.1"
     wbufsize = 65536  # head and body in one write (no Nagle/delayed-ACK stall per request)
@@ -72,20 +77,23 @@ class Pair:
     a: SidecarProcess
     b: SidecarProcess
     port: int
+    app_port: int
 
     @property
     def authority(self) -> str:
-        return f"b.{NAMESPACE}.svc.cluster.local:{self.port}"
+        return f"{B_FQDN}:{self.port}"
 
 
 @contextmanager
 def sidecar_pair(
-    app_port: int, zipkin: str, sampling: float, proxy_config: str = ""
-) -> Iterator[Pair]:
+    app_port: int, zipkin: str, sampling: float, proxy_config: str = "",
+    port_name: str = "http", protocol: str = "HTTP", extra: str = "",
+) -> Iterator[Pair]:  # fmt: skip
     """Both sidecars, tracing set by flags, or by `proxy_config` (PROXY_CONFIG) when given,
-    with only the sampling flag on top."""
+    with only the sampling flag on top; Service b's port named `port_name` (`protocol`), and
+    `extra` mesh config (VirtualServices, ...)."""
     port = free_port()
-    config = mesh_two_yaml(port, app_port, "http", "HTTP")
+    config = mesh_two_yaml(port, app_port, port_name, protocol, extra)
     flags = ["--trace-sampling", str(sampling)]
     if not proxy_config:
         flags += ["--zipkin-address", zipkin]
@@ -98,8 +106,10 @@ def sidecar_pair(
                 env={"PROXY_CONFIG": proxy_config} if proxy_config else None,
             )  # fmt: skip
             started.append(sc)
-            sc.start()
-        yield Pair(started[1], started[0], port)
+            sc.start(expect_ready=False)  # both start at once (each takes seconds to import)
+        for sc in started:
+            sc.wait_ready()
+        yield Pair(started[1], started[0], port, app_port)
     finally:
         for sc in started:
             sc.__exit__(None)
@@ -179,27 +189,35 @@ def traced(app: int, collector: CollectorProcess) -> Iterator[Client]:
 
 def test_client_and_server_spans_share_the_trace(traced: Client, collector: CollectorProcess
                                                  ) -> None:
-    rid = traced.get()
+    rid = traced.get({"tracestate": "congo=t61rcWkgMzE", "user-agent": "tracing-test/1"})
     client, server = by_kind(wait_spans(collector, rid, 2))
     assert client["traceId"] == server["traceId"]
     assert "parentId" not in client
     assert server["parentId"] == client["id"] != server["id"]
     assert client["localEndpoint"]["serviceName"] == "a.default"
     assert server["localEndpoint"]["serviceName"] == "b.default"
-    name = f"{traced.pair.authority}/hello"
+    # Istio's decorator for a service without a VirtualService, on both sides (b's sidecar
+    # takes it from x-envoy-decorator-operation, which the app never sees).
+    name = f"{traced.pair.authority}/*"
     assert client["name"] == server["name"] == name
     tags = client["tags"]
     assert tags["component"] == "proxy"
     assert tags["node_id"].startswith(f"sidecar~{A_IP}~a-1.default")
     assert tags["http.method"] == "GET"
+    assert tags["http.protocol"] == "HTTP/1.1"
     assert tags["http.status_code"] == "200"
     assert tags["http.url"] == f"http://{traced.pair.authority}/hello?x=1"
-    assert tags["upstream_cluster"].startswith("outbound|")
-    assert tags["upstream_address"].startswith(B_IP)
+    assert tags["upstream_cluster"] == f"outbound|{traced.pair.port}||{B_FQDN}"
+    assert tags["upstream_address"].startswith(B_IP + ":")
+    assert tags["peer.address"] == "127.0.0.1"
+    assert tags["user_agent"] == "tracing-test/1"
+    assert tags["request_size"] == "0"
     assert tags["response_size"] == str(len(b"hello from b\n"))
     assert tags["response_flags"] == "-"
     assert "error" not in tags
-    assert server["tags"]["upstream_cluster"].startswith("inbound|")
+    assert server["tags"]["upstream_cluster"] == f"inbound|{traced.pair.port}||"
+    assert server["tags"]["upstream_address"] == f"{B_IP}:{traced.pair.app_port}"
+    assert server["tags"]["guid:x-request-id"] == rid
     assert server["duration"] <= client["duration"]
     # What the app received: the server span's context, as B3 and W3C.
     seen = _App.seen[rid]
@@ -208,6 +226,8 @@ def test_client_and_server_spans_share_the_trace(traced: Client, collector: Coll
     assert seen["x-b3-parentspanid"] == client["id"]
     assert seen["x-b3-sampled"] == "1"
     assert seen["traceparent"] == f"00-{client['traceId']}-{server['id']}-01"
+    assert seen["tracestate"] == "congo=t61rcWkgMzE"  # carried through as received
+    assert "x-envoy-decorator-operation" not in seen
     assert zipkin_stats(traced.pair.a)["tracing.zipkin.spans_sent"] >= 1
     assert zipkin_stats(traced.pair.b)["tracing.zipkin.reports_failed"] == 0
 
@@ -263,23 +283,48 @@ def test_sampling_zero_still_traces_what_the_caller_sampled(
     wait_spans(collector, plain, 0)
 
 
+def hey(pair: Pair, count: int, concurrency: int = 16) -> tuple[int, float, float]:
+    """`count` GETs through a's sidecar with hey (no x-request-id: the proxy makes one):
+    (200 answers, p99 seconds, slowest seconds); any other status fails."""
+    out = subprocess.run(
+        ["hey", "-n", str(count), "-c", str(concurrency), "-disable-compression",
+         "-host", pair.authority, f"http://127.0.0.1:{pair.port}/load"],
+        capture_output=True, text=True, timeout=120, check=True,
+    ).stdout  # fmt: skip
+    ok = re.search(r"\[200\]\s+(\d+) responses", out)
+    p99 = re.search(r"99%\s+in\s+([\d.]+)\s+secs", out)
+    slowest = re.search(r"Slowest:\s+([\d.]+)\s+secs", out)
+    assert ok and p99 and slowest, out
+    assert re.findall(r"\[(\d+)\]\s+\d+ responses", out) == ["200"], out
+    return int(ok.group(1)), float(p99.group(1)), float(slowest.group(1))
+
+
+ONE_PERCENT_N = 4000
+# Binomial(4000, 1%): mean 40, sd 6.3. P(X < 17) = 1.3e-5 and P(X > 68) = 1.8e-5 (exact sums),
+# so a correct proxy fails one run in 30,000; a proxy sampling 2% (or 0.5%) passes 10% (78%).
+ONE_PERCENT_WINDOW = (17, 68)
+
+
 def test_one_percent_samples_about_one_percent(app: int) -> None:
     collector = CollectorProcess("--no-print")
     try:
+        before = set(_App.seen)
         with sidecar_pair(app, f"127.0.0.1:{collector.port}", 1) as pair:
-            client = Client(pair)
-            rids = {client.get() for _ in range(2000)}
-            marker = client.get({"x-b3-sampled": "1"})
-            client.close()
-            wait_spans(collector, marker, 2)
+            assert hey(pair, ONE_PERCENT_N, 8)[0] == ONE_PERCENT_N
+            marker = Client(pair)
+            wait_spans(collector, marker.get({"x-b3-sampled": "1"}), 2)
+            marker.close()
+        rids = set(_App.seen) - before  # the x-request-ids a's sidecar made, as the app saw them
         spans = [s for s in spans_of(collector) if s["tags"]["guid:x-request-id"] in rids]
         clients = [s for s in spans if s["kind"] == "CLIENT"]
         servers = [s for s in spans if s["kind"] == "SERVER"]
-        # Binomial(2000, 1%): mean 20, sd 4.4; the bounds are more than 3 sd away.
-        assert 5 <= len(clients) <= 40, len(clients)
+        assert len(rids) == ONE_PERCENT_N + 1
+        lo, hi = ONE_PERCENT_WINDOW
+        assert lo <= len(clients) <= hi, len(clients)
         assert len(servers) == len(clients)  # b follows a's decision, never draws again
-        sampled_rids = {rid for rid, seen in _App.seen.items() if seen.get("x-b3-sampled") == "1"}
-        assert {s["tags"]["guid:x-request-id"] for s in clients} == sampled_rids & rids
+        sampled_rids = {rid for rid in rids if _App.seen[rid].get("x-b3-sampled") == "1"}
+        assert {s["tags"]["guid:x-request-id"] for s in clients} == sampled_rids
+        assert {s["tags"]["guid:x-request-id"] for s in servers} == sampled_rids
     finally:
         assert collector.stop() == 0
 

@@ -15,12 +15,13 @@ from pathlib import Path
 
 import pytest
 
+from sidecar.errors import BootstrapError
 from sidecar.observability.access_log import (
     FileAccessLogger,
-    LineFormatter,
     NullAccessLogger,
     make_access_logger,
 )
+from sidecar.observability.access_log_istio import IstioFormatter
 from sidecar.outcome import ResponseFlag
 from sidecar.runtime import StreamInfo
 from tests.conftest import require
@@ -129,7 +130,9 @@ def test_json_line_has_istio_keys(tmp_path: Path) -> None:
     assert http_rec["upstream_service_time"] == "11"
     assert http_rec["x_forwarded_for"] is None
     assert tcp_rec["method"] is None
-    assert tcp_rec["response_flags"] is None
+    assert tcp_rec["response_flags"] == "-"  # Envoy's typed JSON: a string, not null
+    assert tcp_rec["protocol"] == "-"
+    assert tcp_rec["requested_server_name"] is None
     assert tcp_rec["bytes_sent"] == 20
 
 
@@ -145,7 +148,7 @@ def test_json_escapes_hostile_values(tmp_path: Path) -> None:
 
 
 def test_start_time_rolls_over_seconds() -> None:
-    fmt = LineFormatter("text")
+    fmt = IstioFormatter("text")
     assert fmt.start_time(START) == "2026-11-26T06:44:47.123Z"
     assert fmt.start_time(START + 1.0) == "2026-11-26T06:44:48.123Z"
     assert fmt.start_time(START + 0.8766) == "2026-11-26T06:44:48.000Z"
@@ -241,5 +244,7 @@ def test_off_and_bad_format() -> None:
     assert isinstance(off, NullAccessLogger)
     off.log(http_info())
     off.close()
-    with pytest.raises(ValueError):
+    with pytest.raises(BootstrapError, match="text or json"):
         make_access_logger("/dev/stdout", "xml")
+    with pytest.raises(BootstrapError, match="unknown command operator NOPE"):
+        make_access_logger("", "%NOPE%")
