@@ -8,6 +8,10 @@ sidecar's egress listener in the loopback demo, b's ClusterIP when traffic is ca
 answers with its own line plus what `b` said. It forwards the request id and the B3 headers it
 received, as Istio asks every application to do so that traces join up.
 
+App `b` can be told to fail: with `--fail-every N` it answers every Nth request (health checks
+not counted) with 503 - the demo's canary v2 does, so its error ratio shows in the golden signals.
+App `a` relays whatever `b` answered inside its own 200, as bookinfo's productpage does.
+
 Both apps report the request id they saw in a response header (`x-demo-seen-request-id-a` /
 `-b`), so the demo driver can find the matching access-log lines even if a proxy replaced the id.
 
@@ -70,7 +74,9 @@ class _Request:
     headers: dict[str, str] = field(default_factory=dict)
 
 
-_REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 502: "Bad Gateway"}
+_REASONS = {
+    200: "OK", 400: "Bad Request", 404: "Not Found", 502: "Bad Gateway", 503: "Service Unavailable",
+}  # fmt: skip
 
 
 def encode_response(reply: Reply, keep_alive: bool) -> bytes:
@@ -159,15 +165,24 @@ class AppProtocol(asyncio.Protocol):
 class DemoApp:
     """App `a` or `b`: answers requests; `a` calls `upstream` for each `GET /`."""
 
-    def __init__(self, name: str, version: str, upstream: Upstream | None) -> None:
+    def __init__(
+        self, name: str, version: str, upstream: Upstream | None, fail_every: int = 0
+    ) -> None:
         self.name = name
         self.version = version
         self.upstream = upstream
+        self.fail_every = fail_every  # 0: never fail on purpose
+        self.served = 0  # requests answered, health checks not counted
 
     async def handle(self, method: str, path: str, headers: dict[str, str]) -> Reply:
         seen = (SEEN_ID_HEADER + self.name, headers.get("x-request-id", "-"))
         if path.split("?", 1)[0] == "/healthz":
             return Reply(200, b"ok\n", (seen,))
+        self.served += 1
+        if self.fail_every and self.served % self.fail_every == 0:
+            who = f"{self.name} ({self.version})"
+            said = f"error from {who}: every {self.fail_every}th request fails, on purpose\n"
+            return Reply(503, said.encode(), (seen,))
         if self.upstream is None:
             return self._greet(path, headers, seen)
         if method != "GET" or path.split("?", 1)[0] != "/":
@@ -245,12 +260,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--version", default="v1", help="shown in the greeting")
     parser.add_argument("--upstream", type=_address, help="(a) HOST:PORT to connect to for b")
     parser.add_argument("--upstream-host", default="", help="(a) Host header for the call to b")
+    parser.add_argument(
+        "--fail-every",
+        type=int,
+        default=0,
+        metavar="N",
+        help="answer every Nth request with 503 (0: never)",
+    )
     args = parser.parse_args(argv)
     upstream = None
     if args.upstream is not None:
         host, port = args.upstream
         upstream = Upstream(host, port, args.upstream_host or f"{host}:{port}")
-    app = DemoApp(args.name, args.version, upstream)
+    app = DemoApp(args.name, args.version, upstream, max(0, args.fail_every))
     asyncio.run(serve(app, *args.listen))
     return 0
 

@@ -28,6 +28,7 @@ from sidecar.demo.stage import (
     B_AUTHORITY,
     PROXY_UID,
     Canary,
+    Endpoint,
     SidecarSpec,
     Waiter,
     access_log_path,
@@ -98,6 +99,7 @@ class CaptureStage:
         )
         self.namespaces: list[netns.Namespace] = []
         self._client: Site | None = None
+        self._sites: list[Site] = []  # where each sidecar runs, in self.sidecars' order
 
     @property
     def client(self) -> Site:
@@ -132,6 +134,7 @@ class CaptureStage:
             _must(ns, capture)
         site_a, site_b = NamespaceSite(ns_a, "netns a"), NamespaceSite(ns_b, "netns b")
         self._client = NamespaceSite(ns_c, "netns client")
+        self._sites = [site_a, site_b]
         listen = f"0.0.0.0:{PORT}"
         b_argv = python_module("sidecar.demo.apps", "b", "--listen", listen)
         b = group.start("app-b", b_argv, site_b)
@@ -150,6 +153,17 @@ class CaptureStage:
 
     def access_logs(self, group: ProcessGroup) -> dict[str, Path]:
         return {spec.pod: access_log_path(group, spec.pod) for spec in self.sidecars}
+
+    def metrics(self) -> list[Endpoint]:
+        """Scraped from inside each sidecar's namespace, where its status address is."""
+        return [
+            Endpoint(spec.pod, spec.metrics_url, site)
+            for spec, site in zip(self.sidecars, self._sites, strict=True)
+        ]
+
+    def collector(self) -> Endpoint | None:
+        """No collector here: the sidecars run without tracing (the loopback demo shows it)."""
+        return None
 
     def close(self) -> list[str]:
         """Delete every namespace this stage made, even if one deletion fails."""

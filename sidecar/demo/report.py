@@ -6,6 +6,7 @@ per request) and a text stream; nothing here starts processes or reads files.
 
 from __future__ import annotations
 
+import re
 import shlex
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ from sidecar.demo.trail import Hop
 
 RULE_WIDTH = 78
 INDENT = "    "
+_RELAYED = re.compile(r"answered (\d{3}):")  # app a's line saying what b answered
 
 
 @dataclass(frozen=True)
@@ -30,8 +32,13 @@ class Exchange:
 
     @property
     def complete(self) -> bool:
-        """Answered 200 and every hop logged with 200."""
-        return self.answer.status == 200 and all(h.response_code == 200 for h in self.hops)
+        """a answered 200, its sidecar logged 200, and every later hop logged the status b
+        answered a with (200, or the canary's 503)."""
+        relayed = _RELAYED.search(self.answer.body)
+        if self.answer.status != 200 or relayed is None or not self.hops:
+            return False
+        codes = [h.response_code for h in self.hops]
+        return codes[0] == 200 and all(c == int(relayed.group(1)) for c in codes[1:])
 
 
 def introduction(out: TextIO, title: str, rows: Sequence[tuple[str, str, str]]) -> None:
@@ -46,8 +53,7 @@ def introduction(out: TextIO, title: str, rows: Sequence[tuple[str, str, str]]) 
 
 
 def exchange(out: TextIO, ex: Exchange, total: int) -> None:
-    heading = f"--- request {ex.number} of {total} "
-    out.write(f"{heading}{'-' * max(0, RULE_WIDTH - len(heading))}\n")
+    heading(out, f"request {ex.number} of {total}")
     out.write(f"$ curl -H {shlex.quote('x-request-id: ' + ex.request_id)} {ex.url}\n\n")
     out.write("  its way through the sidecars (their access-log lines, in path order):\n")
     labels = [f"{hop.proxy or '/'.join(hop.spec.proxies)} {hop.spec.direction}" for hop in ex.hops]
@@ -72,6 +78,11 @@ def summary(out: TextIO, exchanges: Sequence[Exchange]) -> None:
     n = len(exchanges)
     out.write(f"{answered} of {n} requests answered 200; ")
     out.write(f"{logged} of {n} left all {len(exchanges[0].hops) if n else 0} access-log lines.\n")
+
+
+def heading(out: TextIO, title: str) -> None:
+    start = f"--- {title} "
+    out.write(f"{start}{'-' * max(0, RULE_WIDTH - len(start))}\n")
 
 
 def failure(out: TextIO, what: str, label: str = "", tail: str = "") -> None:
@@ -99,8 +110,7 @@ class Split:
 
 def canary(out: TextIO, rule: str, weights: Sequence[tuple[str, int]], split: Split,
            header: tuple[str, str], header_split: Split) -> None:
-    heading = "--- the canary "
-    out.write(f"{heading}{'-' * max(0, RULE_WIDTH - len(heading))}\n")
+    heading(out, "the canary")
     out.write(f"  {rule}\n\n")
     n = split.total
     out.write(f"  {n} requests to a; b answered from:\n")

@@ -23,7 +23,7 @@ from pathlib import Path
 from types import FrameType
 from typing import TextIO
 
-from sidecar.demo import report
+from sidecar.demo import observe, report
 from sidecar.demo.processes import ProcessGroup, Started
 from sidecar.demo.report import Exchange
 from sidecar.demo.stage import Canary, Stage, Waiter
@@ -71,6 +71,7 @@ def _run(stage: Stage, group: ProcessGroup, requests: int, keep_running: bool, o
     if not _wait_ready(waiters, group, out):
         return 1
     out.write(f"all ready in {time.monotonic() - began:.1f} s\n\n")
+    sending = time.monotonic()
     exchanges = [_ask(stage, i) for i in range(1, requests + 1)]
     exchanges = _with_hops(stage, group, exchanges, LOG_DEADLINE)
     if not keep_running and not all(_logged(ex) for ex in exchanges):
@@ -80,15 +81,21 @@ def _run(stage: Stage, group: ProcessGroup, requests: int, keep_running: bool, o
         report.exchange(out, ex, requests)
     report.summary(out, exchanges)
     ok = all(ex.complete for ex in exchanges)
+    sent = requests
     if stage.canary is not None:
         out.write("\n")
         ok = _canary(stage, stage.canary, out) and ok
+        sent += stage.canary.requests + stage.canary.header_requests
+    ok = observe.finale(stage, sent, sending, out) and ok
     if not ok:
         for started in group.started:
             if started.label in stage.access_logs(group):
                 out.write(f"\n  {started.label} said:\n")
                 out.write("".join(f"{report.INDENT}{ln}\n" for ln in started.tail().splitlines()))
     if keep_running and ok:
+        for where in [*stage.metrics(), stage.collector()]:
+            if where is not None:
+                out.write(f"\n  {where.label}: {where.url}")
         out.write(f"\nkeeping everything running; try {stage.entry_url} yourself. Ctrl-C stops.\n")
         out.flush()
         try:
@@ -102,7 +109,11 @@ def _run(stage: Stage, group: ProcessGroup, requests: int, keep_running: bool, o
     group.stop()
     out.write(f"stopped everything; {time.monotonic() - began:.1f} s in all.\n")
     if not ok:
-        report.failure(out, "not every request was answered 200 and logged by both sidecars")
+        report.failure(
+            out,
+            "not every request was answered and logged by both sidecars, or the golden "
+            "signals or the trace did not show it",
+        )
     return 0 if ok else 1
 
 
@@ -113,19 +124,17 @@ def _canary(stage: Stage, canary: Canary, out: TextIO) -> bool:
     split = _split(stage, versions, canary.requests, [])
     by_header = _split(stage, versions, canary.header_requests, [canary.header])
     report.canary(out, canary.rule, canary.weights, split, canary.header, by_header)
-    return (
-        split.failed == 0
-        and by_header.count(canary.header_version) == by_header.total
-    )
+    return split.failed == 0 and by_header.count(canary.header_version) == by_header.total
 
 
-def _split(stage: Stage, versions: Sequence[str], n: int,
-           headers: list[tuple[str, str]]) -> report.Split:
+def _split(
+    stage: Stage, versions: Sequence[str], n: int, headers: list[tuple[str, str]]
+) -> report.Split:
     counts = dict.fromkeys(versions, 0)
     failed = 0
     for _ in range(n):
         answer = stage.client.fetch(stage.entry_url, headers, REQUEST_TIMEOUT)
-        version = next((v for v in versions if f"hello from b ({v})" in answer.body), None)
+        version = next((v for v in versions if f" from b ({v})" in answer.body), None)
         if answer.status != 200 or version is None:
             failed += 1
         else:

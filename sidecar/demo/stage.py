@@ -18,8 +18,22 @@ from sidecar.demo.processes import ProcessGroup, Site, Started
 from sidecar.demo.trail import HopSpec
 
 NAMESPACE = "default"
-B_AUTHORITY = "b.default.svc.cluster.local:9080"  # what app a calls b by
+A_SERVICE = "a.default.svc.cluster.local"
+B_SERVICE = "b.default.svc.cluster.local"
+B_AUTHORITY = f"{B_SERVICE}:9080"  # what app a calls b by
 PROXY_UID = 1337
+PROMETHEUS_PORT = 15090  # each sidecar's /stats/prometheus, on its status address
+FAIL_EVERY = 4  # the canary b v2 answers every 4th request with 503 (the bug it is caught with)
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """An HTTP base URL of the demo (a sidecar's metrics, the trace collector), reached from
+    `site`; `label` names whose it is."""
+
+    label: str
+    url: str
+    site: Site
 
 
 @dataclass(frozen=True)
@@ -58,6 +72,14 @@ class Stage(Protocol):
 
     def access_logs(self, group: ProcessGroup) -> dict[str, Path]:
         """Sidecar label -> its access-log file."""
+        ...
+
+    def metrics(self) -> list[Endpoint]:
+        """Each sidecar's Prometheus scrape URL (valid once start() has run)."""
+        ...
+
+    def collector(self) -> Endpoint | None:
+        """The `sidecar traces` collector's base URL (None: this stage runs none)."""
         ...
 
     def close(self) -> list[str]:
@@ -102,7 +124,7 @@ class SidecarSpec:
             "--admin-port", "15000",
             "--status-address", self.admin_address,
             "--status-port", "15021",
-            "--prometheus-port", "0",
+            "--prometheus-port", str(PROMETHEUS_PORT),
             "--access-log", str(access_log),
             "--drain-duration", "1",
             "--no-watch",
@@ -112,6 +134,10 @@ class SidecarSpec:
     @property
     def ready_url(self) -> str:
         return f"http://{self.admin_address}:15021/healthz/ready"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://{self.admin_address}:{PROMETHEUS_PORT}/stats/prometheus"
 
 
 def start_sidecar(
@@ -127,6 +153,12 @@ def start_sidecar(
     log.chmod(0o666)  # the sidecar may run as the proxy uid
     started = group.start(spec.pod, spec.argv(log, extra), site, user)
     return Waiter(started, spec.ready_url, site)
+
+
+def start_collector(group: ProcessGroup, site: Site, host: str, port: int) -> Waiter:
+    """Start `sidecar traces` on host:port (it keeps the spans; the demo prints the waterfall)."""
+    argv = python_module("sidecar.cli", "traces", "--listen", f"{host}:{port}", "--no-print")
+    return Waiter(group.start("traces", argv, site), f"http://{host}:{port}/health", site)
 
 
 def demo_hops(a_pod: str, *b_pods: str) -> tuple[HopSpec, ...]:
