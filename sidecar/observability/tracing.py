@@ -29,7 +29,13 @@ import os
 import random
 from typing import TYPE_CHECKING
 
-from sidecar.observability.tracing_context import extract, inject, inject_unsampled
+from sidecar.observability.tracing_context import (
+    B3_UNSAMPLED,
+    NO_CONTEXT,
+    extract,
+    inject,
+    inject_unsampled,
+)
 from sidecar.observability.tracing_export import FinishedSpan, SpanQueue
 
 if TYPE_CHECKING:
@@ -92,6 +98,8 @@ class Tracer:
         self.queue = SpanQueue(zipkin_endpoint(bootstrap.tracing.zipkin_address)) \
             if queue is None else queue  # fmt: skip
         self._rng = random.Random()
+        self._random = self._rng.random
+        self._fraction = self.sampling / 100.0
         if hasattr(os, "register_at_fork"):  # worker processes must not repeat span ids
             os.register_at_fork(after_in_child=self._rng.seed)
         self._service_of: tuple[object, str, str] = (None, "", "")  # snapshot, service, zone
@@ -102,13 +110,17 @@ class Tracer:
     def begin(self, head: RequestHead, info: StreamInfo, route: Route | None) -> None:
         """Decide sampling for a new request (routed to `route`, None when no route matched)
         and rewrite its trace headers for upstream."""
-        ctx, present = extract(head.headers)
+        ctx = extract(head.headers)
         sampled = ctx.sampled
         if sampled is None:
-            sampled = self._rng.random() * 100.0 < self.sampling
+            sampled = self._random() < self._fraction
         if not sampled:
-            head.headers = inject_unsampled(head.headers, ctx, present)
+            if ctx is NO_CONTEXT:  # the usual case: say "not sampled" to the next proxy
+                head.headers.append(B3_UNSAMPLED)
+            else:
+                head.headers = inject_unsampled(head.headers, ctx)
             return
+        present = ctx is not NO_CONTEXT
         rng = self._rng
         trace_id = ctx.trace_id or rng.getrandbits(128) or 1
         span_id = rng.getrandbits(64) or 1

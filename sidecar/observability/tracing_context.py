@@ -22,7 +22,9 @@ REPLACED = frozenset({
     b"x-b3-traceid", b"x-b3-spanid", b"x-b3-parentspanid", b"x-b3-sampled", b"x-b3-flags",
     b"b3", b"traceparent", DECORATOR,
 })  # fmt: skip
+_REPLACED_LENGTHS = frozenset(len(n) for n in REPLACED)  # most names are none: skip lower()
 _HEX = frozenset(b"0123456789abcdefABCDEF")
+B3_UNSAMPLED = (b"x-b3-sampled", b"0")
 
 
 class Context:
@@ -55,16 +57,20 @@ def _sampled(value: bytes) -> bool | None:
     return None
 
 
-def extract(headers: Headers) -> tuple[Context, bool]:
-    """The caller's context, and whether any trace header is present (then inject replaces)."""
-    found: dict[bytes, bytes] = {}
+def extract(headers: Headers) -> Context:
+    """The caller's context; `NO_CONTEXT` (shared, never modified) when no trace header is
+    present, the usual case, which allocates nothing."""
+    found: dict[bytes, bytes] | None = None
     for name, value in headers:
-        lname = name.lower()
-        if lname in REPLACED:
-            found[lname] = value
+        if len(name) in _REPLACED_LENGTHS:
+            lname = name.lower()
+            if lname in REPLACED:
+                if found is None:
+                    found = {}
+                found[lname] = value
+    if found is None:
+        return NO_CONTEXT
     ctx = Context()
-    if not found:
-        return ctx, False
     ctx.operation = found.get(DECORATOR, b"").strip()
     if b"x-b3-traceid" in found or b"x-b3-sampled" in found or b"x-b3-flags" in found:
         _b3_multi(ctx, found)
@@ -72,7 +78,10 @@ def extract(headers: Headers) -> tuple[Context, bool]:
         _b3_single(ctx, found[b"b3"])
     elif b"traceparent" in found:
         _traceparent(ctx, found[b"traceparent"])
-    return ctx, True
+    return ctx
+
+
+NO_CONTEXT = Context()  # no trace header at all
 
 
 def _b3_multi(ctx: Context, found: dict[bytes, bytes]) -> None:
@@ -136,11 +145,11 @@ def inject(
     return out
 
 
-def inject_unsampled(headers: Headers, ctx: Context, present: bool) -> Headers:
+def inject_unsampled(headers: Headers, ctx: Context) -> Headers:
     """Propagate a "not sampled" decision: the caller's ids (if any) pass through as received,
     with `x-b3-sampled: 0` added when the caller had not decided; a decorator header is removed."""
-    if not present:
-        headers.append((b"x-b3-sampled", b"0"))
+    if ctx is NO_CONTEXT:
+        headers.append(B3_UNSAMPLED)
         return headers
     decided = ctx.sampled is False
     if decided and not ctx.operation:

@@ -409,7 +409,7 @@ def test_a_broken_collector_does_not_hurt_requests(app: int, kind: str) -> None:
 ])
 def test_extract_reads_each_format(headers: list[tuple[bytes, bytes]], trace_id: int,
                                    span_id: int, sampled: bool | None, debug: bool) -> None:
-    ctx, _ = extract(headers)
+    ctx = extract(headers)
     assert (ctx.trace_id, ctx.span_id, ctx.sampled, ctx.debug) == (
         trace_id, span_id, sampled, debug)
 
