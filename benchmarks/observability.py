@@ -67,6 +67,8 @@ ARMS: dict[str, str] = {
     "on": "metrics on, --zipkin-address (sidecar traces), --trace-sampling 1",
     # not run by default (--arms): the tracer on every request, but no span ever sampled
     "trace0": "metrics on, --zipkin-address, --trace-sampling 0 (no span, no export thread)",
+    # an A/A check of the harness: a second "off"; its ratio to "off" shows the harness's bias
+    "off2": "the same as off (A/A check)",
 }
 DEFAULT_ARMS = "off,metrics,on"
 START_RETRIES = 3  # other sessions edit the tree: a start may catch it half-edited
@@ -160,7 +162,7 @@ def start_sidecar(procs: ProcessSet, tmp: Path, up: Upstreams, arm: str,
             "--pod-namespace", "default", "--admin-port", str(admin), "--status-port", "0",
             "--prometheus-port", str(prom), "--access-log", "", "--outbound-port", "0",
             "--inbound-port", "0", "--no-watch"]
-    if arm == "off":
+    if arm in ("off", "off2"):
         argv.append("--no-metrics")
     if arm in ("on", "trace0"):
         argv += ["--zipkin-address", collector, "--trace-sampling", "1" if arm == "on" else "0"]
@@ -243,7 +245,7 @@ def measure(procs: ProcessSet, sc: Sidecar, run: ArmRun, args: argparse.Namespac
 def _start_py_spy(procs: ProcessSet, sc: Sidecar, out: Path) -> Started:
     """py-spy recording the sidecar (collapsed stacks) until interrupted."""
     started = procs.start(f"py-spy-{out.stem}", [
-        str(PY_SPY), "record", "--pid", str(sc.started.pid), "--rate", "200", "--nonblocking",
+        str(PY_SPY), "record", "--pid", str(sc.started.pid), "--rate", "500", "--nonblocking",
         "--format", "raw", "--output", str(out)])
     time.sleep(0.5)  # attached before the load starts
     return started
@@ -262,6 +264,35 @@ def one_arm(arm: str, number: int, args: argparse.Namespace, up: Upstreams, tmp:
     for problem in run.problems:
         print(f"  {arm}: {problem}", file=sys.stderr)
     return run
+
+
+def round_together(number: int, arms: list[str], args: argparse.Namespace, up: Upstreams,
+                   tmp: Path, collector: str) -> list[ArmRun]:
+    """Every arm's sidecar at once, each under its own wrk, all at the same moment (and, with
+    --pin, on the same CPU): whatever else the machine does hits every arm alike."""
+    shift = (number - 1) % len(arms)  # start order rotates: no arm is always first
+    arms = arms[shift:] + arms[:shift]
+    runs = [ArmRun(arm, number) for arm in arms]
+    print(f"== round {number}: {', '.join(arms)} together", file=sys.stderr, flush=True)
+    with ProcessSet(tmp, args.pinning) as procs:
+        sidecars = [start_with_retries(procs, tmp, up, arm, collector) for arm in arms]
+        spy_dir = args.results if args.profile and number == 1 else None
+        if spy_dir is not None:
+            spy_dir.mkdir(parents=True, exist_ok=True)
+        threads = [threading.Thread(target=measure, daemon=True, args=(
+            procs, sc, run, args,
+            None if spy_dir is None else spy_dir / f"obs-profile-together-{run.arm}.txt"))
+            for sc, run in zip(sidecars, runs, strict=True)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=3 * (args.duration + args.warmup) + 60.0)
+        for sc, run in zip(sidecars, runs, strict=True):
+            if run.problems:
+                run.problems.append("its log ends: " + tail(sc.started.log, 3).replace("\n", " | "))
+            for problem in run.problems:
+                print(f"  {run.arm}: {problem}", file=sys.stderr)
+    return runs
 
 
 def _median(values: list[float]) -> float:
@@ -331,6 +362,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="seconds between scrapes of /stats/prometheus (1: harsh; 15: usual)")
     p.add_argument("--pin", action="store_true",
                    help="sidecar on CPU 1; upstream, collector, wrk and scraper on CPU 0")
+    p.add_argument("--together", action="store_true",
+                   help="run the arms at the same time, each under its own wrk (with --pin: "
+                        "sharing the proxy CPU, so req/s ratios are inverse CPU-cost ratios "
+                        "and the VM's noise hits every arm alike)")
     p.add_argument("--profile", action="store_true",
                    help="after the rounds, one more 'on' run under py-spy: shares by concern")
     p.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "results")
@@ -372,6 +407,9 @@ def main(argv: list[str] | None = None) -> int:
             procs.start("collector", [str(SIDECAR_BIN), "traces", "--listen", collector,
                                       "--no-print"], cwd=ROOT)
             for number in range(1, args.rounds + 1):
+                if args.together:
+                    runs.extend(round_together(number, arms, args, up, tmp, collector))
+                    continue
                 shift = (number - 1) % len(arms)
                 for arm in arms[shift:] + arms[:shift]:
                     runs.append(one_arm(arm, number, args, up, tmp, collector))
@@ -394,7 +432,8 @@ def main(argv: list[str] | None = None) -> int:
         body += "\n\nProfile of one more 'on' run (py-spy):\n\n" + obs_profile.table(shares)
     header = (f"# Observability cost {stamp}\n\n- command: `{command}`\n- wrk -t1 "
               f"-c{args.connections} -d{args.duration:g}s, {args.rounds} rounds, scrape every "
-              f"{args.scrape_interval:g}s, pinning: {'on' if args.pin else 'off'}\n")
+              f"{args.scrape_interval:g}s, pinning: {'on' if args.pin else 'off'}, arms "
+              f"{'together' if args.together else 'one after another'}\n")
     print(header + "\n" + body)
     args.results.mkdir(parents=True, exist_ok=True)
     (args.results / f"obs-{stamp}.md").write_text(header + "\n" + body + "\n")
