@@ -49,6 +49,7 @@ DEFAULT_BUCKETS: tuple[float, ...] = (
     30000.0, 60000.0, 300000.0, 600000.0, 1800000.0, 3600000.0,
 )  # fmt: skip
 CACHE_LIMIT = 10_000  # cached bindings / hot keys before the caches are cleared
+SMALL = 2048  # body sizes below this find their bucket in a table
 
 HotKey = tuple[str, str, str, str, int, int, int]
 TcpKey = tuple[str, str, str, str, int]
@@ -61,17 +62,14 @@ HISTOGRAMS = (
 
 
 class Histogram:
-    """Counts per bucket (not cumulative; the last one is +Inf) and the sum of the values."""
+    """A histogram as rendered: counts per bucket (not cumulative; the last one is +Inf) and the
+    sum of the values. A view of a series' numbers, built at scrape time."""
 
     __slots__ = ("counts", "sum")
 
-    def __init__(self, size: int) -> None:
-        self.counts = [0] * size
-        self.sum = 0.0
-
-    def add(self, other: Histogram) -> None:
-        self.counts = [a + b for a, b in zip(self.counts, other.counts, strict=True)]
-        self.sum += other.sum
+    def __init__(self, counts: list[int], total: float) -> None:
+        self.counts = counts
+        self.sum = total
 
     @property
     def count(self) -> int:
@@ -80,28 +78,51 @@ class Histogram:
 
 class RequestSeries:
     """istio_requests_total, the gRPC message counts and the three request histograms of one
-    label set (each histogram sized by its own bounds: `sizes`, +Inf included)."""
+    label set (each histogram sized by its own bounds: `sizes`, +Inf included). The histograms'
+    numbers are plain slots (counts lists and sums), which `record_http` updates without going
+    through an object per histogram; `duration` etc. are views for rendering."""
 
     __slots__ = (
-        "count", "duration", "request_bytes", "request_messages", "response_bytes",
-        "response_messages",
+        "count", "d_counts", "d_sum", "p_counts", "p_sum", "q_counts", "q_sum",
+        "request_messages", "response_messages",
     )  # fmt: skip
 
     def __init__(self, sizes: tuple[int, int, int]) -> None:
         self.count = 0
         self.request_messages = 0
         self.response_messages = 0
-        self.duration = Histogram(sizes[0])
-        self.request_bytes = Histogram(sizes[1])
-        self.response_bytes = Histogram(sizes[2])
+        self.d_counts = [0] * sizes[0]  # duration (ms)
+        self.q_counts = [0] * sizes[1]  # request bytes
+        self.p_counts = [0] * sizes[2]  # response bytes
+        self.d_sum = 0.0
+        self.q_sum = 0
+        self.p_sum = 0
+
+    @property
+    def duration(self) -> Histogram:
+        return Histogram(self.d_counts, self.d_sum)
+
+    @property
+    def request_bytes(self) -> Histogram:
+        return Histogram(self.q_counts, self.q_sum)
+
+    @property
+    def response_bytes(self) -> Histogram:
+        return Histogram(self.p_counts, self.p_sum)
 
     def add(self, other: RequestSeries) -> None:
         self.count += other.count
         self.request_messages += other.request_messages
         self.response_messages += other.response_messages
-        self.duration.add(other.duration)
-        self.request_bytes.add(other.request_bytes)
-        self.response_bytes.add(other.response_bytes)
+        for mine, theirs in ((self.d_counts, other.d_counts), (self.q_counts, other.q_counts),
+                             (self.p_counts, other.p_counts)):  # fmt: skip
+            if len(mine) != len(theirs):
+                raise ValueError("histograms with different bucket counts")
+            for i, n in enumerate(theirs):
+                mine[i] += n
+        self.d_sum += other.d_sum
+        self.q_sum += other.q_sum
+        self.p_sum += other.p_sum
 
 
 class TcpSeries:
@@ -144,6 +165,9 @@ class MetricsStore:
         # floats; byte counts are ints, and for an int n, n <= bound exactly when n <= floor.
         self._request_bounds = tuple(math.floor(b) for b in self.bounds["request_bytes"])
         self._response_bounds = tuple(math.floor(b) for b in self.bounds["response_bytes"])
+        # Most bodies are small: their bucket by table lookup instead of a bisect.
+        self._request_index = [bisect_left(self._request_bounds, n) for n in range(SMALL)]
+        self._response_index = [bisect_left(self._response_bounds, n) for n in range(SMALL)]
         self._sizes = (
             len(self._duration_bounds) + 1,
             len(self._request_bounds) + 1,
@@ -182,17 +206,18 @@ class MetricsStore:
             s.request_messages += m.request.count
             s.response_messages += m.response.count
         ms = (info.end_mono - info.start_mono) * 1000.0
-        h = s.duration
-        h.counts[bisect_left(self._duration_bounds, ms)] += 1
-        h.sum += ms
+        s.d_counts[bisect_left(self._duration_bounds, ms)] += 1
+        s.d_sum += ms
         n = info.bytes_received
-        h = s.request_bytes
-        h.counts[bisect_left(self._request_bounds, n)] += 1
-        h.sum += n
+        s.q_counts[
+            self._request_index[n] if n < SMALL else bisect_left(self._request_bounds, n)
+        ] += 1
+        s.q_sum += n
         n = info.bytes_sent
-        h = s.response_bytes
-        h.counts[bisect_left(self._response_bounds, n)] += 1
-        h.sum += n
+        s.p_counts[
+            self._response_index[n] if n < SMALL else bisect_left(self._response_bounds, n)
+        ] += 1
+        s.p_sum += n
 
     def tcp_opened(self, info: StreamInfo, runtime: Runtime) -> None:
         """A TCP connection was opened (its cluster and endpoint chosen, or failed to be)."""

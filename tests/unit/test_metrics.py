@@ -190,6 +190,21 @@ def test_bucket_boundaries_are_inclusive_upper_bounds(ms: float, bucket: float) 
         assert lower is not None and float(lower.group(1)) == 0.0
 
 
+@pytest.mark.parametrize(
+    ("sent", "bucket"),
+    [(0, 0.5), (1, 1), (2, 5), (5, 5), (6, 10), (1000, 1000), (1001, 2500), (2047, 2500),
+     (2048, 2500), (2501, 5000), (3600001, float("inf"))],
+)  # fmt: skip
+def test_byte_buckets_by_table_and_by_bisect_agree(sent: int, bucket: float) -> None:
+    """Small sizes find their bucket in a table, large ones by bisect: the same bounds."""
+    rt, _ = runtime_for("reviews-v2-7d9f8c6b5d-x2k4q")
+    rt.metrics.record_http(request("inbound", "inbound|9080||", "10.0.0.5", sent=sent), rt)
+    [series] = rt.metrics.requests.values()
+    bounds = (*DEFAULT_BUCKETS, float("inf"))
+    assert series.response_bytes.counts[bounds.index(bucket)] == 1
+    assert series.response_bytes.sum == sent
+
+
 def test_merge_sums_series_of_two_stores() -> None:
     rt1, _ = runtime_for("reviews-v2-7d9f8c6b5d-x2k4q")
     rt2, _ = runtime_for("reviews-v2-7d9f8c6b5d-x2k4q")
