@@ -22,11 +22,21 @@ from typing import Any
 from .proxy_fixtures import free_port
 
 
-def ingress_sidecar_yaml(
-    port: int, upstream_port: int, protocol: str = "HTTP", tls: str = ""
-) -> str:
-    """A namespace-wide Sidecar with one explicit (captureMode NONE) ingress listener; `tls`
-    is the YAML of its `tls:` mapping, indented for the entry."""
+def ingress_entry(port: int, upstream_port: int, protocol: str = "HTTP", name: str = "") -> str:
+    """One explicit (captureMode NONE) Sidecar ingress entry on 127.0.0.1:`port`."""
+    return f"""\
+  - port:
+      number: {port}
+      protocol: {protocol}
+      name: {name or protocol.lower() + "-in"}
+    bind: 127.0.0.1
+    captureMode: NONE
+    defaultEndpoint: 127.0.0.1:{upstream_port}
+"""
+
+
+def sidecar_with_ingress(*entries: str) -> str:
+    """A namespace-wide Sidecar with these `ingress_entry` entries."""
     return f"""\
 apiVersion: networking.istio.io/v1
 kind: Sidecar
@@ -35,14 +45,15 @@ metadata:
   namespace: default
 spec:
   ingress:
-  - port:
-      number: {port}
-      protocol: {protocol}
-      name: {protocol.lower()}-in
-    bind: 127.0.0.1
-    captureMode: NONE
-    defaultEndpoint: 127.0.0.1:{upstream_port}
-{tls}"""
+{"".join(entries)}"""
+
+
+def ingress_sidecar_yaml(
+    port: int, upstream_port: int, protocol: str = "HTTP", tls: str = ""
+) -> str:
+    """A namespace-wide Sidecar with one explicit (captureMode NONE) ingress listener; `tls`
+    is the YAML of its `tls:` mapping, indented for the entry."""
+    return sidecar_with_ingress(ingress_entry(port, upstream_port, protocol)) + tls
 
 
 class SidecarProcess:

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from .proxy_fixtures import free_port
-from .sidecar_process import SidecarProcess
+from .sidecar_process import SidecarProcess, ingress_entry, sidecar_with_ingress
 
 TIMEOUT = 10.0
 
@@ -80,27 +80,10 @@ def mesh(ports: dict[str, int], servers: Servers) -> str:
         ("dead", "HTTP", servers.dead),
         ("tcp", "TCP", servers.echo.server_address[1]),
     )
-    ingress = "".join(
-        f"""\
-  - port:
-      number: {ports[name]}
-      protocol: {proto}
-      name: {proto.lower()}-{name}
-    bind: 127.0.0.1
-    captureMode: NONE
-    defaultEndpoint: 127.0.0.1:{upstream}
-"""
+    return sidecar_with_ingress(*(
+        ingress_entry(ports[name], upstream, proto, f"{proto.lower()}-{name}")
         for name, proto, upstream in entries
-    )
-    return f"""\
-apiVersion: networking.istio.io/v1
-kind: Sidecar
-metadata:
-  name: default
-  namespace: default
-spec:
-  ingress:
-{ingress}"""
+    ))
 
 
 def get(port: int, path: str, request_id: str) -> int:

@@ -23,6 +23,7 @@ import time
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -117,9 +118,10 @@ class Mesh:
     b_prom: int
 
 
-def _sidecar(config: str, pod: str, ip: str, prom: int) -> SidecarProcess:
+def mesh_sidecar(config: str, pod: str, ip: str, prom: int, ns: str = "default") -> SidecarProcess:
+    """A sidecar of the two-workload mesh: pod `pod` at `ip`, Prometheus on `prom`."""
     return SidecarProcess(
-        config, "--pod-name", pod, "--pod-namespace", "default", "--instance-ip", ip,
+        config, "--pod-name", pod, "--pod-namespace", ns, "--instance-ip", ip,
         "--service-account", pod[0], "--no-watch", "--prometheus-port", str(prom),
     )  # fmt: skip
 
@@ -147,8 +149,8 @@ def mesh() -> Iterator[Mesh]:
     thread.start()
     port, a_prom, b_prom = free_port(), free_port(), free_port()
     config = mesh_yaml(port, app.server_address[1])
-    b = _sidecar(config, "b-1", B_IP, b_prom).start()
-    a = _sidecar(config, "a-1", "127.0.0.1", a_prom)
+    b = mesh_sidecar(config, "b-1", B_IP, b_prom).start()
+    a = mesh_sidecar(config, "a-1", "127.0.0.1", a_prom)
     try:
         a.start()
         codes = [_get(port, f"{B_SVC}:{port}") for _ in range(OK_REQUESTS)]
@@ -217,7 +219,21 @@ def _query(port: int, promql: str) -> list[dict[str, object]]:
     return list(data["data"]["result"])
 
 
-def _start_prometheus(targets: list[str], tmp: Path) -> tuple[subprocess.Popen[bytes], int]:
+@dataclass
+class Prometheus:
+    """A real Prometheus server scraping `targets` every second, queried over its HTTP API."""
+
+    port: int
+    tmp: Path
+
+    def log_tail(self) -> str:
+        return (self.tmp / "prometheus.log").read_text()[-2000:]
+
+
+@contextmanager
+def running_prometheus(targets: list[str]) -> Iterator[Prometheus]:
+    require(shutil.which("prometheus") is not None, "prometheus is not installed")
+    tmp = Path(tempfile.mkdtemp(prefix="prom-test-"))
     port = free_port()
     config = tmp / "prometheus.yml"
     config.write_text(
@@ -232,15 +248,19 @@ def _start_prometheus(targets: list[str], tmp: Path) -> tuple[subprocess.Popen[b
          f"--web.listen-address=127.0.0.1:{port}"],
         stdout=subprocess.DEVNULL, stderr=(tmp / "prometheus.log").open("wb"),
     )  # fmt: skip
-    return proc, port
+    try:
+        yield Prometheus(port, tmp)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=5)
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def test_prometheus_server_sees_the_counts(mesh: Mesh) -> None:
-    require(shutil.which("prometheus") is not None, "prometheus is not installed")
-    tmp = Path(tempfile.mkdtemp(prefix="prom-test-"))
-    proc, port = _start_prometheus(
-        [f"127.0.0.1:{mesh.a_prom}", f"127.0.0.1:{mesh.b_prom}"], tmp
-    )
     promql = ("sum by (reporter, response_code, response_flags, destination_service) "
               "(istio_requests_total)")  # fmt: skip
     expected = {
@@ -249,7 +269,8 @@ def test_prometheus_server_sees_the_counts(mesh: Mesh) -> None:
         ("destination", "200", "-", B_SVC): OK_REQUESTS,
     }
     found: dict[tuple[str, ...], int] = {}
-    try:
+    with running_prometheus([f"127.0.0.1:{mesh.a_prom}", f"127.0.0.1:{mesh.b_prom}"]) as prom:
+        port = prom.port
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline and found != expected:
             time.sleep(0.5)
@@ -266,20 +287,12 @@ def test_prometheus_server_sees_the_counts(mesh: Mesh) -> None:
                 value = r["value"]
                 assert isinstance(value, list)
                 found[key] = int(float(value[1]))
-        assert found == expected, (tmp / "prometheus.log").read_text()[-2000:]
+        assert found == expected, prom.log_tail()
         ratio = _query(port, 'sum(istio_requests_total{reporter="source",response_code=~"5.."})'
                              ' / sum(istio_requests_total{reporter="source"})')  # fmt: skip
         value = ratio[0]["value"]
         assert isinstance(value, list)
         assert float(value[1]) == pytest.approx(FAILED_REQUESTS / (OK_REQUESTS + FAILED_REQUESTS))
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=5)
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 async def _echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

@@ -24,11 +24,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import require
-
 from .proxy_fixtures import free_port
 from .sidecar_process import SidecarProcess
-from .test_metrics import B_IP, B_SVC, _query, _start_prometheus, mesh_yaml, scrape
+from .test_metrics import B_IP, B_SVC, _query, mesh_yaml, running_prometheus, scrape
 
 BUCKETS = {
     "cluster_manager": [1, 2],  # an Envoy stat prefix: accepted, no Istio metric under it
@@ -121,19 +119,16 @@ def test_exposition_has_the_annotated_bounds_per_metric(
 def test_prometheus_histogram_quantile_uses_the_bounds(
     sidecar: tuple[SidecarProcess, int],
 ) -> None:
-    require(shutil.which("prometheus") is not None, "prometheus is not installed")
-    _, prom = sidecar
-    tmp = Path(tempfile.mkdtemp(prefix="prom-buckets-"))
-    proc, port = _start_prometheus([f"127.0.0.1:{prom}"], tmp)
+    _, prom_port = sidecar
     promql = ("histogram_quantile(0.5, sum by (le) "
               '(istio_response_bytes_bucket{reporter="source"}))')  # fmt: skip
     value = None
-    try:
+    with running_prometheus([f"127.0.0.1:{prom_port}"]) as prom:
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline and value is None:
             time.sleep(0.5)
             try:
-                result = _query(port, promql)
+                result = _query(prom.port, promql)
             except OSError:
                 continue
             if result:
@@ -141,18 +136,10 @@ def test_prometheus_histogram_quantile_uses_the_bounds(
                 assert isinstance(v, list)
                 value = float(v[1])
         # every response is 50 bytes, in (10, 100]: the median interpolates to 10 + 90 / 2
-        assert value == pytest.approx(55.0), (tmp / "prometheus.log").read_text()[-2000:]
-        le = _query(port, 'count by (le) (istio_request_duration_milliseconds_bucket)')
+        assert value == pytest.approx(55.0), prom.log_tail()
+        le = _query(prom.port, 'count by (le) (istio_request_duration_milliseconds_bucket)')
         assert sorted(float(r["metric"]["le"]) for r in le) == [  # type: ignore[index]
             5.0, 50.0, 500.0, 5000.0, float("inf")]
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=5)
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _run_fails(config: str, *flags: str) -> str:

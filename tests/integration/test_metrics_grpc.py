@@ -14,7 +14,6 @@ import shutil
 import subprocess
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 import pytest
 
@@ -23,38 +22,21 @@ from tests.conftest import require
 from .grpc_service import EchoServer, channel, method, upload_messages, wait_channel_ready
 from .mesh_two import A_IP, B_IP, NAMESPACE, mesh_two_yaml
 from .proxy_fixtures import free_port
-from .sidecar_process import SidecarProcess
-from .test_metrics import ACCEPTED_LINT, scrape
+from .test_metrics import ACCEPTED_LINT, Mesh, mesh_sidecar, scrape
 
 AUTHORITY = f"b.{NAMESPACE}.svc.cluster.local"
 
 
-@dataclass
-class Pair:
-    a: SidecarProcess
-    b: SidecarProcess
-    port: int
-    a_prom: int
-    b_prom: int
-
-
-def _sidecar(config: str, pod: str, ip: str, prom: int) -> SidecarProcess:
-    return SidecarProcess(
-        config, "--pod-name", pod, "--pod-namespace", NAMESPACE, "--instance-ip", ip,
-        "--service-account", pod[0], "--no-watch", "--prometheus-port", str(prom),
-    )  # fmt: skip
-
-
 @pytest.fixture(scope="module")
-def pair() -> Iterator[Pair]:
+def pair() -> Iterator[Mesh]:
     with EchoServer(B_IP) as app:
         port, a_prom, b_prom = free_port(), free_port(), free_port()
         config = mesh_two_yaml(port, app.port, "grpc", "GRPC")
-        b = _sidecar(config, "b-1", B_IP, b_prom).start()
-        a = _sidecar(config, "a-1", A_IP, a_prom)
+        b = mesh_sidecar(config, "b-1", B_IP, b_prom, NAMESPACE).start()
+        a = mesh_sidecar(config, "a-1", A_IP, a_prom, NAMESPACE)
         try:
             a.start()
-            yield Pair(a, b, port, a_prom, b_prom)
+            yield Mesh(a, b, port, a_prom, b_prom)
         finally:
             for sc in (a, b):
                 if sc.proc is not None:
@@ -73,7 +55,7 @@ def messages(prom: int) -> tuple[int, int]:
     return out[0], out[1]
 
 
-def wait_for(pair: Pair, expected: tuple[int, int]) -> None:
+def wait_for(pair: Mesh, expected: tuple[int, int]) -> None:
     """Both reporters reach `expected` (the proxies record a call when its stream ends)."""
     deadline = time.monotonic() + 10
     seen = (messages(pair.a_prom), messages(pair.b_prom))
@@ -83,7 +65,7 @@ def wait_for(pair: Pair, expected: tuple[int, int]) -> None:
     assert seen == (expected, expected), seen
 
 
-def test_each_call_kind_counts_its_messages_on_both_reporters(pair: Pair) -> None:
+def test_each_call_kind_counts_its_messages_on_both_reporters(pair: Mesh) -> None:
     ch = channel(f"127.0.0.1:{pair.port}", authority=f"{AUTHORITY}:{pair.port}")
     try:
         wait_channel_ready(ch)
@@ -115,7 +97,7 @@ def _requests(prom: int) -> int:
                if ln.startswith("istio_requests_total{"))  # fmt: skip
 
 
-def test_grpc_web_over_http1_is_not_counted(pair: Pair) -> None:
+def test_grpc_web_over_http1_is_not_counted(pair: Mesh) -> None:
     before = (messages(pair.a_prom), messages(pair.b_prom))
     calls = (_requests(pair.a_prom) + 1, _requests(pair.b_prom) + 1)
     body = b"".join(bytes([0]) + len(m).to_bytes(4, "big") + m for m in (b"one", b"two"))
@@ -134,7 +116,7 @@ def test_grpc_web_over_http1_is_not_counted(pair: Pair) -> None:
 
 
 @pytest.mark.parametrize("side", ["a", "b"])
-def test_promtool_accepts_the_message_counters(pair: Pair, side: str) -> None:
+def test_promtool_accepts_the_message_counters(pair: Mesh, side: str) -> None:
     require(shutil.which("promtool") is not None, "promtool is not installed")
     _, text = scrape(pair.a_prom if side == "a" else pair.b_prom)
     assert "# TYPE istio_request_messages_total counter" in text

@@ -24,18 +24,19 @@ from .grpc_service import EchoServer, channel, method
 from .mesh_two import B_IP
 from .proxy_fixtures import free_port
 from .test_traces_collector import CollectorProcess
-from .test_tracing import B_FQDN, Pair, _App, by_kind, sidecar_pair, wait_spans
+from .test_tracing import (
+    B_FQDN,
+    Pair,
+    _App,
+    by_kind,
+    sidecar_pair,
+    wait_spans,
+)
 from .test_tracing import app as app  # the fixture
+from .test_tracing import collector as collector  # the fixture (one collector per module)
 from .zipkin_schema import assert_valid
 
 CALL_TIMEOUT = 10.0
-
-
-@pytest.fixture(scope="module")
-def collector() -> Iterator[CollectorProcess]:
-    proc = CollectorProcess("--no-print")
-    yield proc
-    assert proc.stop() == 0
 
 
 @pytest.fixture(scope="module")

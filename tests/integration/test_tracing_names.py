@@ -17,8 +17,16 @@ import pytest
 
 from .mesh_two import B_IP, NAMESPACE
 from .test_traces_collector import CollectorProcess
-from .test_tracing import B_FQDN, Client, _App, by_kind, sidecar_pair, wait_spans
+from .test_tracing import (
+    B_FQDN,
+    Client,
+    _App,
+    by_kind,
+    sidecar_pair,
+    wait_spans,
+)
 from .test_tracing import app as app  # the fixture
+from .test_tracing import collector as collector  # the fixture (one collector per module)
 
 VS_NAME = "b-routes"
 ROUTES = f"""\
@@ -76,13 +84,6 @@ spec:
         subset: two
       weight: 50
 """
-
-
-@pytest.fixture(scope="module")
-def collector() -> Iterator[CollectorProcess]:
-    proc = CollectorProcess("--no-print")
-    yield proc
-    assert proc.stop() == 0
 
 
 @pytest.fixture(scope="module")
