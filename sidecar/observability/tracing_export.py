@@ -91,7 +91,7 @@ class SpanQueue:
 
     def __init__(
         self, endpoint: str, max_queued: int = 4096, batch: int = 256,
-        interval: float = 0.5, timeout: int = 2,
+        interval: float = 2.0, timeout: int = 2,
     ) -> None:  # fmt: skip
         self.endpoint = endpoint
         self.max_queued = max_queued
