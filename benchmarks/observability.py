@@ -19,10 +19,18 @@ median over rounds of req/s and of CPU us/request, each with its ratio to "off" 
 median of the per-round ratios (each round's arm divided by the same round's "off": "paired").
 A run that saw errors, non-2xx or a failed check is left out of the medians (listed below).
 
-With --profile, one more "on" run is recorded by py-spy and its samples grouped by concern
-(obs_profile.py). Results go to benchmarks/results/obs-<stamp>.md and .json.
+With --together the arms of a round run at the same time instead, each under its own wrk,
+all sidecars pinned to the same CPU (--pin) with the start order rotating: the VM's noise (other
+tenants, steal) then hits every arm alike, and since the CPU is shared, the req/s ratios are the
+inverse ratios of CPU per request. The `off2` arm (identical to `off`) is an A/A check: its
+ratio shows what the harness itself contributes.
 
-Run: .venv/bin/python benchmarks/observability.py --rounds 5 --duration 10 --pin
+With --profile, one more "on" run is recorded by py-spy (with --together: every arm of round
+1) and its samples grouped by concern (obs_profile.py). Results go to
+benchmarks/results/obs-<stamp>.md and .json.
+
+Run: .venv/bin/python benchmarks/observability.py --together --rounds 10 --duration 8 --pin \
+         --scrape-interval 15 --arms off,metrics,trace0,on,off2
 """
 
 from __future__ import annotations
