@@ -168,7 +168,8 @@ def test_same_labels_share_one_series_and_count_requests() -> None:
 
 @pytest.mark.parametrize(
     ("ms", "bucket"),
-    [(0.0, 0.5), (0.5, 0.5), (0.51, 1), (1.0, 1), (250.0, 250), (250.01, 500),
+    [(0.0, 0.5), (0.25, 0.5), (0.5, 0.5), (0.51, 1), (1.0, 1), (4.99, 5), (5.0, 5), (5.01, 10),
+     (250.0, 250), (250.01, 500), (999.9, 1000), (1000.0, 1000), (1000.01, 2500),
      (3600000.0, 3600000), (3600001.0, float("inf"))],
 )  # fmt: skip
 def test_bucket_boundaries_are_inclusive_upper_bounds(ms: float, bucket: float) -> None:
@@ -203,6 +204,16 @@ def test_byte_buckets_by_table_and_by_bisect_agree(sent: int, bucket: float) -> 
     bounds = (*DEFAULT_BUCKETS, float("inf"))
     assert series.response_bytes.counts[bounds.index(bucket)] == 1
     assert series.response_bytes.sum == sent
+
+
+@pytest.mark.parametrize(("ms", "bucket"), [(0.29, 0.3), (0.3, 0.3), (0.31, 1.7), (1.71, 9.0)])
+def test_bounds_off_the_half_millisecond_grid_are_exact(ms: float, bucket: float) -> None:
+    """Custom bounds that are not multiples of 0.5 ms bypass the half-millisecond table."""
+    rt, _ = runtime_for("reviews-v2-7d9f8c6b5d-x2k4q")
+    rt.metrics = MetricsStore((0.3, 1.7, 9.0))
+    rt.metrics.record_http(request("inbound", "inbound|9080||", "10.0.0.5", ms=ms), rt)
+    [series] = rt.metrics.requests.values()
+    assert series.duration.counts[(0.3, 1.7, 9.0).index(bucket)] == 1
 
 
 def test_merge_sums_series_of_two_stores() -> None:
