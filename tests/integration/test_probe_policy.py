@@ -450,8 +450,8 @@ def pool_rule(http_settings: str = "", tcp_settings: str = "") -> str:
     return dr("web", BACKEND, WEB, body)
 
 
-async def test_http2_max_requests_overflow_is_503_uo() -> None:
-    release = asyncio.Event()
+async def held_upstream(release: asyncio.Event) -> Upstream:
+    """An upstream on 127.0.92.10 whose every answer waits until `release` is set."""
 
     def slow(req: Request, t: asyncio.Transport) -> object:
         async def answer() -> None:
@@ -463,6 +463,12 @@ async def test_http2_max_requests_overflow_is_503_uo() -> None:
     loop = asyncio.get_running_loop()
     up.server = await loop.create_server(lambda: _UpstreamConn(up), "127.0.92.10", 0)
     up.port = up.server.sockets[0].getsockname()[1]
+    return up
+
+
+async def test_http2_max_requests_overflow_is_503_uo() -> None:
+    release = asyncio.Event()
+    up = await held_upstream(release)
     ups = {"slow": up}
     try:
         cfg = join(sidecar((80, "HTTP")), web_service(), entries(ups, up.port),
@@ -700,17 +706,7 @@ spec:
 
 async def test_http2_max_requests_counts_multiplexed_streams() -> None:
     release = asyncio.Event()
-
-    def slow(req: Request, t: asyncio.Transport) -> object:
-        async def answer() -> None:
-            await release.wait()
-            t.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nx-up: slow\r\n\r\nok")
-        return answer()
-
-    up = Upstream(slow)  # type: ignore[arg-type]
-    loop = asyncio.get_running_loop()
-    up.server = await loop.create_server(lambda: _UpstreamConn(up), "127.0.92.10", 0)
-    up.port = up.server.sockets[0].getsockname()[1]
+    up = await held_upstream(release)
     try:
         cfg = join(sidecar((80, "HTTP")), web_service(), entries({"slow": up}, up.port),
                    pool_rule("http2MaxRequests: 2"))
