@@ -20,7 +20,8 @@ if TYPE_CHECKING:
     from sidecar.bootstrap import Bootstrap
     from sidecar.config.snapshot import Endpoint, FilterChain, Listener, Snapshot
     from sidecar.http.grpc_messages import GrpcMessages
-    from sidecar.observability.tracing import SpanRecord, Tracer
+    from sidecar.observability.tracing import Tracer
+    from sidecar.observability.tracing_export import SpanRecord
     from sidecar.upstream.cluster import ClusterManager
 
 Address = tuple[str, int]

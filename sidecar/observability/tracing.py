@@ -36,7 +36,7 @@ from sidecar.observability.tracing_context import (
     inject,
     inject_unsampled,
 )
-from sidecar.observability.tracing_export import FinishedSpan, SpanQueue
+from sidecar.observability.tracing_export import FinishedSpan, SpanQueue, SpanRecord
 
 if TYPE_CHECKING:
     from sidecar.bootstrap import Bootstrap
@@ -48,25 +48,6 @@ if TYPE_CHECKING:
 # gRPC statuses Envoy tags error=true (upstream errors; client-side ones are not).
 GRPC_ERRORS = frozenset({2, 4, 8, 12, 13, 14, 15})
 MAX_PATH_TAG = 256  # Envoy's default max_path_tag_length for http.url
-
-
-class SpanRecord:
-    """What a sampled request keeps until it ends."""
-
-    __slots__ = ("debug", "extra", "name", "parent_id", "request_id", "span_id", "trace_id", "url")
-
-    def __init__(
-        self, trace_id: int, span_id: int, parent_id: int, debug: bool, name: str, url: str,
-        extra: dict[str, str] | None = None,
-    ) -> None:  # fmt: skip
-        self.trace_id = trace_id
-        self.span_id = span_id
-        self.parent_id = parent_id
-        self.debug = debug
-        self.name = name
-        self.url = url
-        self.extra = extra  # request tags of gRPC calls
-        self.request_id = "-"  # the caller's x-request-id (local replies never set the info's)
 
 
 def grpc_request_tags(head: RequestHead) -> dict[str, str]:
@@ -179,8 +160,7 @@ class Tracer:
         start_ns = int(info.start_time * 1e9)
         duration_ns = int(((info.end_mono or info.start_mono) - info.start_mono) * 1e9)
         self.queue.submit(FinishedSpan(
-            record.trace_id, record.span_id, record.parent_id, record.debug, record.name,
-            info.direction == "outbound", start_ns, start_ns + max(duration_ns, 1000),
+            record, info.direction == "outbound", start_ns, start_ns + max(duration_ns, 1000),
             service, tags,
         ))  # fmt: skip
 

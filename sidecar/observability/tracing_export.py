@@ -30,23 +30,36 @@ from opentelemetry.trace import SpanContext, SpanKind, TraceFlags
 log = logging.getLogger(__name__)
 
 
-class FinishedSpan:
-    """One span ready to export, as plain data (built on the loop, read by the thread)."""
+class SpanRecord:
+    """What a sampled request keeps until it ends."""
 
-    __slots__ = (
-        "client", "debug", "end_ns", "name", "parent_id", "service", "span_id", "start_ns",
-        "tags", "trace_id",
-    )  # fmt: skip
+    __slots__ = ("debug", "extra", "name", "parent_id", "request_id", "span_id", "trace_id", "url")
 
     def __init__(
-        self, trace_id: int, span_id: int, parent_id: int, debug: bool, name: str, client: bool,
-        start_ns: int, end_ns: int, service: str, tags: dict[str, str],
+        self, trace_id: int, span_id: int, parent_id: int, debug: bool, name: str, url: str,
+        extra: dict[str, str] | None = None,
     ) -> None:  # fmt: skip
         self.trace_id = trace_id
         self.span_id = span_id
         self.parent_id = parent_id
         self.debug = debug
         self.name = name
+        self.url = url
+        self.extra = extra  # request tags of gRPC calls
+        self.request_id = "-"  # the caller's x-request-id (local replies never set the info's)
+
+
+class FinishedSpan:
+    """One span ready to export (built on the loop, read by the thread): the request's record
+    and what its end added."""
+
+    __slots__ = ("client", "end_ns", "record", "service", "start_ns", "tags")
+
+    def __init__(
+        self, record: SpanRecord, client: bool, start_ns: int, end_ns: int, service: str,
+        tags: dict[str, str],
+    ) -> None:  # fmt: skip
+        self.record = record
         self.client = client
         self.start_ns = start_ns
         self.end_ns = end_ns
@@ -68,14 +81,15 @@ class ExportCounters:
 
 def readable(span: FinishedSpan, resource: Resource) -> ReadableSpan:
     """The OpenTelemetry span the Zipkin exporter encodes."""
-    flags = TraceFlags(TraceFlags.SAMPLED if span.debug else TraceFlags.DEFAULT)
-    ctx = SpanContext(span.trace_id, span.span_id, is_remote=False, trace_flags=flags)
+    r = span.record
+    flags = TraceFlags(TraceFlags.SAMPLED if r.debug else TraceFlags.DEFAULT)
+    ctx = SpanContext(r.trace_id, r.span_id, is_remote=False, trace_flags=flags)
     parent = (
-        SpanContext(span.trace_id, span.parent_id, is_remote=True, trace_flags=flags)
-        if span.parent_id else None
+        SpanContext(r.trace_id, r.parent_id, is_remote=True, trace_flags=flags)
+        if r.parent_id else None
     )  # fmt: skip
     return ReadableSpan(
-        name=span.name,
+        name=r.name,
         context=ctx,
         parent=parent,
         resource=resource,
