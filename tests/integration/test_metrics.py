@@ -97,7 +97,7 @@ spec:
 """
 
 
-class _App(BaseHTTPRequestHandler):
+class HelloApp(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         body = b"hello from b\n"
         self.send_response(200)
@@ -144,7 +144,7 @@ def scrape(port: int, path: str = "/stats/prometheus") -> tuple[str, str]:
 
 @pytest.fixture(scope="module")
 def mesh() -> Iterator[Mesh]:
-    app = ThreadingHTTPServer((B_IP, 0), _App)
+    app = ThreadingHTTPServer((B_IP, 0), HelloApp)
     thread = threading.Thread(target=app.serve_forever, daemon=True)
     thread.start()
     port, a_prom, b_prom = free_port(), free_port(), free_port()

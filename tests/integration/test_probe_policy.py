@@ -545,10 +545,9 @@ async def test_max_requests_per_connection_opens_new_upstream_connections() -> N
         assert ups["only"].accepts == 3, ups["only"].accepts
 
 
-async def test_h2_upgrade_policy_upgrade_speaks_h2c_to_the_upstream() -> None:
-    server, port = await start_h2_upstream("127.0.92.10")
-    try:
-        we = f"""\
+def h2_workload_entry(port: int) -> str:
+    """The web workload as an h2c server on 127.0.92.10:`port`."""
+    return f"""\
 apiVersion: networking.istio.io/v1
 kind: WorkloadEntry
 metadata: {{name: web-h2, namespace: {BACKEND}}}
@@ -557,6 +556,12 @@ spec:
   labels: {{app: web}}
   ports: {{http: {port}}}
 """
+
+
+async def test_h2_upgrade_policy_upgrade_speaks_h2c_to_the_upstream() -> None:
+    server, port = await start_h2_upstream("127.0.92.10")
+    try:
+        we = h2_workload_entry(port)
         cfg = join(sidecar((80, "HTTP")), web_service(), we,
                    pool_rule("h2UpgradePolicy: UPGRADE"))
         with running(cfg):
@@ -685,15 +690,7 @@ async def test_http_idle_timeout_closes_idle_upstream_connections() -> None:
 async def test_use_client_protocol_keeps_http2_to_an_h2c_upstream() -> None:
     server, port = await start_h2_upstream("127.0.92.10")
     try:
-        we = f"""\
-apiVersion: networking.istio.io/v1
-kind: WorkloadEntry
-metadata: {{name: web-h2, namespace: {BACKEND}}}
-spec:
-  address: 127.0.92.10
-  labels: {{app: web}}
-  ports: {{http: {port}}}
-"""
+        we = h2_workload_entry(port)
         cfg = join(sidecar((80, "HTTP")), web_service(), we, pool_rule("useClientProtocol: true"))
         with running(cfg):
             transport = httpx.AsyncHTTPTransport(http1=False, http2=True)

@@ -27,6 +27,7 @@ from sidecar.observability.tracing_context import extract
 from .mesh_two import A_IP, B_IP, NAMESPACE, mesh_two_yaml
 from .proxy_fixtures import free_port
 from .sidecar_process import SidecarProcess
+from .test_metrics import HelloApp
 from .test_traces_collector import CollectorProcess
 from .zipkin_schema import assert_valid
 
@@ -39,7 +40,7 @@ B_FQDN = f"b.{NAMESPACE}.svc.cluster.local"
 _ids = itertools.count()
 
 
-class _App(BaseHTTPRequestHandler):
+class _App(HelloApp):
     """Answers 200 and records each request's trace headers by x-request-id (so a request is
     found only when its x-request-id reached the app unchanged)."""
 
@@ -51,14 +52,7 @@ class _App(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         rid = self.headers.get("x-request-id", "")
         self.seen[rid] = {h: self.headers[h] for h in TRACE_HEADERS if h in self.headers}
-        body = b"hello from b\n"
-        self.send_response(200)
-        self.send_header("content-length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, format: str, *args: object) -> None:
-        pass
+        super().do_GET()
 
 
 @pytest.fixture(scope="module")
