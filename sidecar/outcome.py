@@ -108,3 +108,4 @@ DETAILS: dict[ResponseFlag, str] = {
     ResponseFlag.SI: "stream_idle_timeout",
 }
 VIA_UPSTREAM = "via_upstream"
+DIRECT_RESPONSE = "direct_response"  # the route answered itself (directResponse, redirect)

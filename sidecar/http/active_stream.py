@@ -40,7 +40,7 @@ from sidecar.http.route_stage import RouteStage
 from sidecar.http.router import CompiledRoute, RouteTable
 from sidecar.http.stream import END, End, Headers, RequestHead, ResponseHead, UpstreamRequest
 from sidecar.http.stream_info import finish_request
-from sidecar.outcome import DETAILS, VIA_UPSTREAM, ResponseFlag
+from sidecar.outcome import DETAILS, DIRECT_RESPONSE, VIA_UPSTREAM, ResponseFlag
 from sidecar.runtime import Downstream, Runtime, StreamInfo
 from sidecar.upstream.connect import UpstreamConnectError
 from sidecar.upstream.h2_pool import Http2Pool
@@ -159,7 +159,7 @@ class ActiveStream(RouteStage):
         if acts is not None:
             self._filters(r, acts)
         elif route.direct_status is not None:
-            self.info.response_code_details = "direct_response"
+            self.info.response_code_details = DIRECT_RESPONSE
             self._local(route.direct_status, route.direct_body)
         else:
             self._forward(r, None)  # the connection manager flushes once the events are in

@@ -19,7 +19,7 @@ from sidecar.http.mirror import MirrorSet, start_mirrors
 from sidecar.http.route_actions import RouteActions, redirect_location
 from sidecar.http.router import CompiledRoute
 from sidecar.http.stream import End, Headers, RequestHead
-from sidecar.outcome import DETAILS, ResponseFlag
+from sidecar.outcome import DETAILS, DIRECT_RESPONSE, ResponseFlag
 from sidecar.runtime import StreamInfo
 
 if TYPE_CHECKING:
@@ -93,7 +93,7 @@ class RouteStage:
             return
         rd = route.redirect
         if rd is not None or route.direct_status is not None:
-            self.info.response_code_details = "direct_response"  # Envoy's, for both
+            self.info.response_code_details = DIRECT_RESPONSE
         if rd is not None:
             location = redirect_location(self.head, rd, self.conn.downstream.local[1])
             self._local(rd.code, b"", self._route_headers(acts, [(b"location", location)]))
