@@ -146,7 +146,10 @@ class ActiveStream(RouteStage):
         r = table.route(head) if table is not None else None
         tracer = conn.runtime.tracer
         if tracer is not None:  # after routing, as Envoy: the span is named by the route
-            tracer.begin(head, self.info, r.route if r is not None else None)
+            if head.traced or tracer.draw() < tracer.fraction:
+                tracer.begin(head, self.info, r.route if r is not None else None)
+            else:  # the usual request: no caller's context and not sampled (tracing.py)
+                head.not_sampled = True
         if head.expect_continue:
             conn.send_continue()
         if r is None:

@@ -29,6 +29,7 @@ from sidecar.errors import ProtocolError
 from sidecar.http.stream import (
     END,
     NO_LENGTH,
+    TRACE_HEADERS,
     End,
     Headers,
     RequestEvent,
@@ -114,6 +115,7 @@ class H1ServerCodec:
         "_parser",
         "_raw",
         "_special",
+        "_traced",
         "_trailers",
         "_ua",
         "_url",
@@ -129,6 +131,7 @@ class H1ServerCodec:
         self._special: dict[bytes, bytes] = {}  # lifted headers other than Host
         self._host: bytes | None = None  # (the one header nearly every request has)
         self._ua: bytes | None = None
+        self._traced = False  # a trace header seen (RequestHead.traced)
         self._trailers: Headers | None = None
         self._hbytes = 0
         self._hcount = 0
@@ -170,6 +173,7 @@ class H1ServerCodec:
                 self._special = {}
             self._host = None
             self._ua = None
+            self._traced = False
             self._trailers = None
             self._hbytes = 0
             self._hcount = 0
@@ -203,6 +207,8 @@ class H1ServerCodec:
             self._headers.append((name, value))
             if lname == b"user-agent":
                 self._ua = value
+            elif lname in TRACE_HEADERS:
+                self._traced = True
 
     def on_headers_complete(self) -> None:
         self._in_head = False
@@ -252,6 +258,7 @@ class H1ServerCodec:
             head.forwarded_proto = sp.get(b"x-forwarded-proto")
             head.request_id = sp.get(b"x-request-id")
         head.user_agent = ua
+        head.traced = self._traced
         if not host:
             if self._url[:1] not in (b"/", b"*"):
                 self._absolute_form(head)

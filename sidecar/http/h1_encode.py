@@ -13,6 +13,7 @@ from sidecar.http.stream import Headers, RequestHead, ResponseHead
 
 CRLF = b"\r\n"
 LAST_CHUNK = b"0\r\n\r\n"
+UNSAMPLED_END = b"x-b3-sampled: 0\r\n\r\n"  # the last header line and the blank line
 
 
 _STATUS_LINE = {code: b"HTTP/1.1 %d " % code for code in range(100, 600)}  # read-only
@@ -42,7 +43,8 @@ def encode_request_head(head: RequestHead) -> bytes:
         parts.append(b"te: trailers\r\n")
     if head.upgrade is not None:
         parts += (b"connection: upgrade\r\nupgrade: ", head.upgrade, CRLF)
-    parts.append(CRLF)
+    # The tracer's "not sampled" (stream.py) rides on the blank line: one part, not two.
+    parts.append(UNSAMPLED_END if head.not_sampled else CRLF)
     return b"".join(parts)
 
 

@@ -46,7 +46,15 @@ from hyperframe.frame import Frame, GoAwayFrame
 if TYPE_CHECKING:
     from typing_extensions import Buffer
 
-from sidecar.http.stream import END, NO_LENGTH, End, Headers, RequestHead, ResponseHead
+from sidecar.http.stream import (
+    END,
+    NO_LENGTH,
+    TRACE_HEADERS,
+    End,
+    Headers,
+    RequestHead,
+    ResponseHead,
+)
 
 MAX_CONCURRENT_STREAMS = 100  # downstream default (Envoy: 2147483647; Istio sets 100)
 STREAM_WINDOW = 1 << 20
@@ -192,6 +200,8 @@ def request_head(headers: Headers, end_stream: bool) -> RequestHead:
                 head.user_agent = value
             elif name == b"content-type" and value.startswith(b"application/grpc"):
                 head.grpc = True
+            elif name in TRACE_HEADERS:
+                head.traced = True
             elif name == b"expect" and value.lower() == b"100-continue":
                 head.expect_continue = True
                 continue
@@ -247,6 +257,8 @@ def request_headers(head: RequestHead, scheme: bytes = b"http") -> Headers:
         out.append((b"x-forwarded-proto", head.forwarded_proto))
     if head.request_id is not None:
         out.append((b"x-request-id", head.request_id))
+    if head.not_sampled:
+        out.append((b"x-b3-sampled", b"0"))
     if head.content_length >= 0 and not head.chunked:
         out.append((b"content-length", b"%d" % head.content_length))
     if head.te_trailers:

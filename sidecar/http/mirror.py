@@ -63,6 +63,8 @@ def shadow_head(head: RequestHead) -> RequestHead:
     copy.request_id = head.request_id
     copy.user_agent = head.user_agent
     copy.grpc = head.grpc
+    copy.traced = head.traced
+    copy.not_sampled = head.not_sampled
     return copy
 
 

@@ -9,7 +9,8 @@ see the same shape whichever protocol carried the message.
 
 A few end-to-end headers the proxy edits or reads on every request (x-forwarded-for,
 x-forwarded-proto, x-request-id) are lifted out of the header list by the codec into attributes;
-the encoder writes them back. That saves a second scan of the headers per request.
+the encoder writes them back. That saves a second scan of the headers per request. The same
+goes for the one header the tracer adds to nearly every request, `x-b3-sampled: 0`.
 
 Heads are plain slotted classes (not dataclasses): one allocation and attribute stores, nothing
 more, because one is built per message on the hot path.
@@ -27,6 +28,15 @@ Headers = list[Header]
 
 NO_LENGTH = -1  # content_length when the body is not delimited by a Content-Length
 
+# The headers the tracer reads and replaces (observability/tracing_context.py): B3 multi and
+# single, W3C traceparent, and Envoy's span name from the caller's proxy. The codecs note their
+# presence in `RequestHead.traced` as they sort the headers anyway, so a request without any
+# (nearly all that are not sampled) costs the tracer no scan of its headers.
+TRACE_HEADERS = frozenset({
+    b"x-b3-traceid", b"x-b3-spanid", b"x-b3-parentspanid", b"x-b3-sampled", b"x-b3-flags",
+    b"b3", b"traceparent", b"x-envoy-decorator-operation",
+})  # fmt: skip
+
 
 class RequestHead:
     """A request's head; `headers` holds only end-to-end headers the codec did not lift out."""
@@ -42,10 +52,12 @@ class RequestHead:
         "headers",
         "keep_alive",
         "method",
+        "not_sampled",
         "path",
         "request_id",
         "scheme",
         "te_trailers",
+        "traced",
         "upgrade",
         "user_agent",
         "version",
@@ -69,6 +81,11 @@ class RequestHead:
         self.request_id: bytes | None = None
         self.user_agent: bytes | None = None  # also still in `headers`
         self.grpc = False  # content-type application/grpc* (set by the HTTP/2 codec)
+        # A trace header (TRACE_HEADERS) was received: only then does the tracer read them.
+        self.traced = False
+        # The tracer's "not sampled" for a request that came without trace headers, which the
+        # encoders write as `x-b3-sampled: 0` (lifted like x-request-id: no list edit).
+        self.not_sampled = False
 
     @property
     def has_body(self) -> bool:

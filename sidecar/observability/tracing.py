@@ -3,9 +3,12 @@
 Theory of operation: the server makes a `Tracer` only when `Bootstrap.tracing.zipkin_address` is
 set (`Runtime.tracer` is None otherwise, and the request path tests only that). When a request
 head has been routed (`begin`, before anything else happens to it), its trace headers are read
-(tracing_context.py) and the sampling decided: the caller's decision wins, `x-b3-flags: 1` forces,
-else a random draw against the configured percentage. An unsampled request gets no record; only
-its decision is propagated upstream (`x-b3-sampled: 0`), so the next proxy does not draw again. A
+(tracing_context.py; only when the codec saw one: `RequestHead.traced`) and the sampling
+decided: the caller's decision wins, `x-b3-flags: 1` forces, else a random draw against the
+configured percentage. An unsampled request gets no record; only its decision is propagated
+upstream (`x-b3-sampled: 0`), so the next proxy does not draw again. The usual request, with
+no trace header and not drawn, is settled inline by the request path (active_stream.py): one
+draw and `RequestHead.not_sampled`, which the encoders write; no call, no allocation. A
 sampled request gets a small slotted `SpanRecord` on its StreamInfo (ids, name, url) and its
 upstream head carries the child context: this proxy's span id, with the caller's span as parent.
 
@@ -30,7 +33,6 @@ import random
 from typing import TYPE_CHECKING
 
 from sidecar.observability.tracing_context import (
-    B3_UNSAMPLED,
     NO_CONTEXT,
     extract,
     inject,
@@ -79,8 +81,10 @@ class Tracer:
         self.queue = SpanQueue(zipkin_endpoint(bootstrap.tracing.zipkin_address)) \
             if queue is None else queue  # fmt: skip
         self._rng = random.Random()
-        self._random = self._rng.random
-        self._fraction = self.sampling / 100.0
+        # The sampling draw, which the request path makes inline (a C call, no Python frame)
+        # for a request without trace headers: `draw() < fraction` is sampled.
+        self.draw = self._rng.random
+        self.fraction = self.sampling / 100.0
         if hasattr(os, "register_at_fork"):  # worker processes must not repeat span ids
             os.register_at_fork(after_in_child=self._rng.seed)
         self._service_of: tuple[object, str, str] = (None, "", "")  # snapshot, service, zone
@@ -89,18 +93,20 @@ class Tracer:
     # request start ---------------------------------------------------------------------------
 
     def begin(self, head: RequestHead, info: StreamInfo, route: Route | None) -> None:
-        """Decide sampling for a new request (routed to `route`, None when no route matched)
-        and rewrite its trace headers for upstream."""
-        ctx = extract(head.headers)
-        sampled = ctx.sampled
-        if sampled is None:
-            sampled = self._random() < self._fraction
-        if not sampled:
-            if ctx is NO_CONTEXT:  # the usual case: say "not sampled" to the next proxy
-                head.headers.append(B3_UNSAMPLED)
-            else:
+        """A new request (routed to `route`, None when no route matched) that came with trace
+        headers (`head.traced`: the caller's decision, else a draw, decides) or that the request
+        path drew for sampling; rewrites its trace headers for upstream. (The usual request has
+        neither: the request path only sets `head.not_sampled`, without calling this.)"""
+        if head.traced:
+            ctx = extract(head.headers)
+            sampled = ctx.sampled
+            if sampled is None:
+                sampled = self.draw() < self.fraction
+            if not sampled:
                 head.headers = inject_unsampled(head.headers, ctx)
-            return
+                return
+        else:
+            ctx = NO_CONTEXT
         present = ctx is not NO_CONTEXT
         rng = self._rng
         trace_id = ctx.trace_id or rng.getrandbits(128) or 1

@@ -14,17 +14,13 @@ it (the application never sees it), so both spans of one hop carry the same name
 
 from __future__ import annotations
 
-from sidecar.http.stream import Headers
+from sidecar.http.stream import TRACE_HEADERS, Headers
 
 DECORATOR = b"x-envoy-decorator-operation"
 # Headers this proxy replaces when it injects a context (tracestate is kept as received).
-REPLACED = frozenset({
-    b"x-b3-traceid", b"x-b3-spanid", b"x-b3-parentspanid", b"x-b3-sampled", b"x-b3-flags",
-    b"b3", b"traceparent", DECORATOR,
-})  # fmt: skip
+REPLACED = TRACE_HEADERS
 _REPLACED_LENGTHS = frozenset(len(n) for n in REPLACED)  # most names are none: skip lower()
 _HEX = frozenset(b"0123456789abcdefABCDEF")
-B3_UNSAMPLED = (b"x-b3-sampled", b"0")
 
 
 class Context:
@@ -146,11 +142,9 @@ def inject(
 
 
 def inject_unsampled(headers: Headers, ctx: Context) -> Headers:
-    """Propagate a "not sampled" decision: the caller's ids (if any) pass through as received,
-    with `x-b3-sampled: 0` added when the caller had not decided; a decorator header is removed."""
-    if ctx is NO_CONTEXT:
-        headers.append(B3_UNSAMPLED)
-        return headers
+    """Propagate a "not sampled" decision on a request that came with a context (`ctx`; without
+    one, `RequestHead.not_sampled` says it): the caller's ids pass through as received, with
+    `x-b3-sampled: 0` added when the caller had not decided; a decorator header is removed."""
     decided = ctx.sampled is False
     if decided and not ctx.operation:
         return headers

@@ -6,6 +6,7 @@ import pytest
 
 from sidecar.http.h1 import H1ClientCodec, H1ServerCodec
 from sidecar.http.h1_encode import chunk, encode_request_head, encode_response_head, last_chunk
+from sidecar.http.h2_codec import request_head as h2_request_head
 from sidecar.http.stream import End, RequestHead, ResponseHead
 
 
@@ -27,6 +28,24 @@ def test_request_split_across_reads_with_pipelined_second() -> None:
     assert b"".join(e for e in events if isinstance(e, bytes)) == b"hello"
     assert sum(isinstance(e, End) for e in events) == 2
     assert [n for n, _ in first.headers] == [b"User-Agent"]
+
+
+def test_trace_headers_in_any_case_mark_only_their_own_request() -> None:
+    codec = H1ServerCodec()
+    events = codec.feed(b"GET /a HTTP/1.1\r\nHost: a\r\nX-B3-Sampled: 1\r\n\r\n"
+                        b"GET /b HTTP/1.1\r\nHost: a\r\nX-Other: 1\r\n\r\n"
+                        b"GET /c HTTP/1.1\r\nHost: a\r\nTraceparent: 00-x\r\n\r\n")
+    heads = [e for e in events if isinstance(e, RequestHead)]
+    assert [h.traced for h in heads] == [True, False, True]
+    assert heads[0].headers == [(b"X-B3-Sampled", b"1")]  # still forwarded as received
+
+
+def test_h2_trace_headers_mark_the_request() -> None:
+    traced = h2_request_head([(b":method", b"GET"), (b":path", b"/"), (b":authority", b"a"),
+                              (b":scheme", b"http"), (b"b3", b"0")], True)
+    plain = h2_request_head([(b":method", b"GET"), (b":path", b"/"), (b":authority", b"a"),
+                             (b":scheme", b"http"), (b"x-other", b"0")], True)
+    assert (traced.traced, plain.traced) == (True, False)
 
 
 def test_hop_by_hop_consumed_and_connection_named_removed() -> None:
