@@ -52,57 +52,130 @@ class Downstream:
 class StreamInfo:
     """Everything known about one request (L7) or one connection (L4), for logs and stats.
 
-    The fields' defaults are class attributes: building one (once per request) stores only the
-    two start times, and a stream assigns what it learns. Not slotted for that reason.
+    Slotted: the request path and the observers (metrics, access log, tracer) read and write
+    its fields on every request, and slot access is the interpreter's fastest (a dict-backed
+    instance with class-level defaults made each read of an unset field a slow lookup).
     """
+
+    __slots__ = (
+        "authority",
+        "bytes_received",
+        "bytes_sent",
+        "connection_termination_details",
+        "direction",
+        "downstream_direct_remote_address",
+        "downstream_local_address",
+        "downstream_remote_address",
+        "downstream_remote_ip",
+        "end_mono",
+        "forwarded_for",
+        "grpc_messages",
+        "grpc_status",
+        "listener_name",
+        "method",
+        "path",
+        "protocol",
+        "request_end_mono",
+        "request_id",
+        "requested_server_name",
+        "response_code",
+        "response_code_details",
+        "response_flags",
+        "response_start_mono",
+        "route_name",
+        "start_mono",
+        "start_time",
+        "trace",
+        "upstream_cluster",
+        "upstream_endpoint",
+        "upstream_host",
+        "upstream_local_address",
+        "upstream_service_time_ms",
+        "upstream_transport_failure_reason",
+        "user_agent",
+    )
 
     start_time: float  # wall clock, for the log timestamp
     start_mono: float
-    end_mono: float = 0.0
-    protocol: str = "-"  # "HTTP/1.1", "HTTP/2", or "-" for TCP
-    method: str = "-"
-    path: str = "-"  # as received (x-envoy-original-path semantics: before rewrites)
-    authority: str = "-"
-    user_agent: str = "-"
-    request_id: str = "-"
-    forwarded_for: str = "-"
-    response_code: int = 0  # 0 = no response sent
-    grpc_status: int | None = None  # gRPC calls: grpc-status from the trailers (or trailers-only)
-    response_flags: ResponseFlag = ResponseFlag.NONE
-    response_code_details: str = "-"
-    bytes_received: int = 0  # request body (L7) / bytes from downstream (L4)
-    bytes_sent: int = 0  # response body (L7) / bytes to downstream (L4)
-    upstream_cluster: str = "-"
-    upstream_host: str = "-"  # "ip:port"
-    upstream_local_address: str = "-"
-    upstream_transport_failure_reason: str = "-"
-    upstream_service_time_ms: int | None = None  # first upstream byte - request sent
-    route_name: str = "-"
-    downstream_local_address: str = "-"  # the original destination when captured
-    downstream_remote_address: str = "-"
-    downstream_direct_remote_address: str = "-"
-    requested_server_name: str = "-"
-    listener_name: str = "-"
-    direction: str = "-"  # "inbound" | "outbound"
+    end_mono: float
+    protocol: str  # "HTTP/1.1", "HTTP/2", or "-" for TCP
+    method: str
+    path: str  # as received (x-envoy-original-path semantics: before rewrites)
+    authority: str
+    user_agent: str
+    request_id: str
+    forwarded_for: str
+    response_code: int  # 0 = no response sent
+    grpc_status: int | None  # gRPC calls: grpc-status from the trailers (or trailers-only)
+    response_flags: ResponseFlag
+    response_code_details: str
+    bytes_received: int  # request body (L7) / bytes from downstream (L4)
+    bytes_sent: int  # response body (L7) / bytes to downstream (L4)
+    upstream_cluster: str
+    upstream_host: str  # "ip:port"
+    upstream_local_address: str
+    upstream_transport_failure_reason: str
+    upstream_service_time_ms: int | None  # first upstream byte - request sent
+    route_name: str
+    downstream_local_address: str  # the original destination when captured
+    downstream_remote_address: str
+    downstream_direct_remote_address: str
+    requested_server_name: str
+    listener_name: str
+    direction: str  # "inbound" | "outbound"
     # Access log timings (Envoy's REQUEST_DURATION, RESPONSE_DURATION, RESPONSE_TX_DURATION) and
     # L4 termination details; 0.0 / "-" (unset, logged as "-") until the request path sets them.
-    request_end_mono: float = 0.0  # last byte of the request received from downstream
-    response_start_mono: float = 0.0  # first byte of the response read from upstream
-    connection_termination_details: str = "-"
+    request_end_mono: float  # last byte of the request received from downstream
+    response_start_mono: float  # first byte of the response read from upstream
+    connection_termination_details: str
     # For the metrics' labels: the downstream peer's IP and the endpoint the balancer chose.
-    downstream_remote_ip: str = "-"
-    upstream_endpoint: Endpoint | None = None
+    downstream_remote_ip: str
+    upstream_endpoint: Endpoint | None
     # gRPC calls only: the messages counted each way (http/grpc_messages.py), for the metrics.
-    grpc_messages: GrpcMessages | None = None
+    grpc_messages: GrpcMessages | None
     # Set by the tracer on sampled requests only (observability/tracing.py).
-    trace: SpanRecord | None = None
+    trace: SpanRecord | None
 
     def __init__(self, start_time: float | None = None) -> None:
         self.start_time = time.time() if start_time is None else start_time
         self.start_mono = time.monotonic()
+        self.end_mono = 0.0
+        self.protocol = "-"
+        self.method = "-"
+        self.path = "-"
+        self.authority = "-"
+        self.user_agent = "-"
+        self.request_id = "-"
+        self.forwarded_for = "-"
+        self.response_code = 0
+        self.grpc_status = None
+        self.response_flags = ResponseFlag.NONE
+        self.response_code_details = "-"
+        self.bytes_received = 0
+        self.bytes_sent = 0
+        self.upstream_cluster = "-"
+        self.upstream_host = "-"
+        self.upstream_local_address = "-"
+        self.upstream_transport_failure_reason = "-"
+        self.upstream_service_time_ms = None
+        self.route_name = "-"
+        self.downstream_local_address = "-"
+        self.downstream_remote_address = "-"
+        self.downstream_direct_remote_address = "-"
+        self.requested_server_name = "-"
+        self.listener_name = "-"
+        self.direction = "-"
+        self.request_end_mono = 0.0
+        self.response_start_mono = 0.0
+        self.connection_termination_details = "-"
+        self.downstream_remote_ip = "-"
+        self.upstream_endpoint = None
+        self.grpc_messages = None
+        self.trace = None
 
     def __repr__(self) -> str:
-        return f"StreamInfo({vars(self)!r})"
+        fields = {name: getattr(self, name) for name in self.__slots__}
+        return f"StreamInfo({fields!r})"
 
     def finish(self) -> None:
         if not self.end_mono:
