@@ -9,6 +9,7 @@ once whichever connection manager saw it.
 
 from __future__ import annotations
 
+import sys
 from time import monotonic
 
 from sidecar.config.snapshot import HttpConnectionManager
@@ -25,7 +26,7 @@ class ConnectionLabels:
     )  # fmt: skip
 
     def __init__(self, downstream: Downstream) -> None:
-        self.peer_ip = downstream.remote[0]
+        self.peer_ip = sys.intern(downstream.remote[0])  # one object per address: fast compares
         self.remote_ip = self.peer_ip.encode("ascii")
         self.remote = format_address(*downstream.remote)
         self.local = format_address(*downstream.local)

@@ -5,7 +5,8 @@ three histograms as per-bucket counts and a sum; `TcpSeries`: four counters). Re
 finished request (`record_http`) is:
 - one dict lookup on a small tuple of strings and ints, (direction, cluster, upstream host,
   downstream IP, response code, response flags, gRPC status), to the series it feeds;
-- integer increments, and a bisect of each histogram value over the precomputed bucket bounds.
+- integer increments, and each histogram value's bucket from a precomputed table (durations
+  under a second, in half milliseconds; bodies under 2 KiB) or else a bisect over the bounds.
 No label dict, no string formatting and no aioprometheus call happen per request. On a miss the
 label values are computed once (metrics_labels.py) for the (direction, cluster, host, peer) part
 and cached, then joined with the outcome's values into the full label tuple that keys the series
@@ -30,6 +31,7 @@ from __future__ import annotations
 import logging
 import math
 from bisect import bisect_left
+from math import ceil
 from typing import TYPE_CHECKING
 
 from sidecar.observability import metrics_buckets as mb
@@ -50,8 +52,9 @@ DEFAULT_BUCKETS: tuple[float, ...] = (
 )  # fmt: skip
 CACHE_LIMIT = 10_000  # cached bindings / hot keys before the caches are cleared
 SMALL = 2048  # body sizes below this find their bucket in a table
+DURATION_TABLE = 2048  # durations under this many half milliseconds too (when bounds allow)
 
-HotKey = tuple[str, str, str, str, int, int, int]
+HotKey = tuple[str, str, str, str, int, int, int | None]
 TcpKey = tuple[str, str, str, str, int]
 # The request histograms: RequestSeries attribute and Envoy stat name (for bucket overrides).
 HISTOGRAMS = (
@@ -80,23 +83,33 @@ class RequestSeries:
     """istio_requests_total, the gRPC message counts and the three request histograms of one
     label set (each histogram sized by its own bounds: `sizes`, +Inf included). The histograms'
     numbers are plain slots (counts lists and sums), which `record_http` updates without going
-    through an object per histogram; `duration` etc. are views for rendering."""
+    through an object per histogram; `duration` etc. are views for rendering.
+
+    Every request has one duration, so the request count is the duration histogram's count,
+    not a number of its own. The byte histograms leave their first bucket implied (the count
+    less the other buckets): most requests have no body, and record_http skips them."""
 
     __slots__ = (
-        "count", "d_counts", "d_sum", "p_counts", "p_sum", "q_counts", "q_sum",
-        "request_messages", "response_messages",
+        "d_counts", "d_sum", "p_counts", "p_sum", "q_counts", "q_sum", "request_messages",
+        "response_messages",
     )  # fmt: skip
 
     def __init__(self, sizes: tuple[int, int, int]) -> None:
-        self.count = 0
         self.request_messages = 0
         self.response_messages = 0
         self.d_counts = [0] * sizes[0]  # duration (ms)
-        self.q_counts = [0] * sizes[1]  # request bytes
-        self.p_counts = [0] * sizes[2]  # response bytes
+        self.q_counts = [0] * sizes[1]  # request bytes ([0] implied)
+        self.p_counts = [0] * sizes[2]  # response bytes ([0] implied)
         self.d_sum = 0.0
         self.q_sum = 0
         self.p_sum = 0
+
+    @property
+    def count(self) -> int:
+        return sum(self.d_counts)
+
+    def _implied_first(self, counts: list[int]) -> list[int]:
+        return [self.count - sum(counts), *counts[1:]]
 
     @property
     def duration(self) -> Histogram:
@@ -104,14 +117,13 @@ class RequestSeries:
 
     @property
     def request_bytes(self) -> Histogram:
-        return Histogram(self.q_counts, self.q_sum)
+        return Histogram(self._implied_first(self.q_counts), self.q_sum)
 
     @property
     def response_bytes(self) -> Histogram:
-        return Histogram(self.p_counts, self.p_sum)
+        return Histogram(self._implied_first(self.p_counts), self.p_sum)
 
     def add(self, other: RequestSeries) -> None:
-        self.count += other.count
         self.request_messages += other.request_messages
         self.response_messages += other.response_messages
         for mine, theirs in ((self.d_counts, other.d_counts), (self.q_counts, other.q_counts),
@@ -140,10 +152,6 @@ class TcpSeries:
         self.received += other.received
 
 
-def _grpc_value(status: int) -> str:
-    return "" if status < 0 else str(status)  # Istio: "" for plain HTTP
-
-
 class MetricsStore:
     """One process's Istio metrics: series by label tuple, plus the hot-path caches."""
 
@@ -165,7 +173,19 @@ class MetricsStore:
         # floats; byte counts are ints, and for an int n, n <= bound exactly when n <= floor.
         self._request_bounds = tuple(math.floor(b) for b in self.bounds["request_bytes"])
         self._response_bounds = tuple(math.floor(b) for b in self.bounds["response_bytes"])
-        # Most bodies are small: their bucket by table lookup instead of a bisect.
+        # Most durations are short and Envoy's bounds are whole half milliseconds: the bucket of
+        # a duration under DURATION_TABLE half milliseconds by table lookup (when the bounds
+        # allow it: any bound off the half-millisecond grid and every duration bisects).
+        durations = self._duration_bounds
+        on_grid = all((b * 2.0).is_integer() for b in durations)
+        self._duration_small = DURATION_TABLE if on_grid else 0
+        self._duration_index = [
+            bisect_left(durations, k / 2.0) for k in range(self._duration_small)
+        ]  # fmt: skip
+        # The largest size in each first bucket (implied: RequestSeries), and most bodies are
+        # small: their bucket by table lookup instead of a bisect.
+        self._request_first = self._request_bounds[0] if self._request_bounds else math.inf
+        self._response_first = self._response_bounds[0] if self._response_bounds else math.inf
         self._request_index = [bisect_left(self._request_bounds, n) for n in range(SMALL)]
         self._response_index = [bisect_left(self._response_bounds, n) for n in range(SMALL)]
         self._sizes = (
@@ -187,7 +207,6 @@ class MetricsStore:
         """One finished request (called by finish_request)."""
         if runtime.snapshot is not self._snapshot:
             self._adopt(runtime.snapshot, runtime.bootstrap)
-        grpc = info.grpc_status
         key = (
             info.direction,
             info.upstream_cluster,
@@ -195,29 +214,38 @@ class MetricsStore:
             info.downstream_remote_ip,
             info.response_code,
             info.response_flags._value_,
-            -1 if grpc is None else grpc,
+            info.grpc_status,
         )
         s = self._hot.get(key)
         if s is None:
             s = self._request_series(key, info, runtime)
-        s.count += 1
         m = info.grpc_messages
         if m is not None:
             s.request_messages += m.request.count
             s.response_messages += m.response.count
         ms = (info.end_mono - info.start_mono) * 1000.0
-        s.d_counts[bisect_left(self._duration_bounds, ms)] += 1
+        k = ceil(ms * 2.0)  # half milliseconds, rounded up: the bucket by table when short
+        s.d_counts[
+            self._duration_index[k] if k < self._duration_small
+            else bisect_left(self._duration_bounds, ms)
+        ] += 1  # fmt: skip
         s.d_sum += ms
+        # Body sizes in the first bucket (no body, mostly) only add to the sum (RequestSeries).
         n = info.bytes_received
-        s.q_counts[
-            self._request_index[n] if n < SMALL else bisect_left(self._request_bounds, n)
-        ] += 1
-        s.q_sum += n
+        if n:
+            s.q_sum += n
+            if n > self._request_first:
+                s.q_counts[
+                    self._request_index[n] if n < SMALL else bisect_left(self._request_bounds, n)
+                ] += 1
         n = info.bytes_sent
-        s.p_counts[
-            self._response_index[n] if n < SMALL else bisect_left(self._response_bounds, n)
-        ] += 1
-        s.p_sum += n
+        if n:
+            s.p_sum += n
+            if n > self._response_first:
+                s.p_counts[
+                    self._response_index[n] if n < SMALL
+                    else bisect_left(self._response_bounds, n)
+                ] += 1  # fmt: skip
 
     def tcp_opened(self, info: StreamInfo, runtime: Runtime) -> None:
         """A TCP connection was opened (its cluster and endpoint chosen, or failed to be)."""
@@ -272,9 +300,9 @@ class MetricsStore:
         grpc = key[6]
         labels = (
             *base,
-            "http" if grpc < 0 else "grpc",
+            "http" if grpc is None else "grpc",
             str(key[4]),
-            _grpc_value(grpc),
+            "" if grpc is None else str(grpc),  # Istio: "" for plain HTTP
             ResponseFlag(key[5]).code(),
         )
         s = self.requests.get(labels)

@@ -206,6 +206,22 @@ def test_byte_buckets_by_table_and_by_bisect_agree(sent: int, bucket: float) -> 
     assert series.response_bytes.sum == sent
 
 
+def test_first_byte_bucket_counts_every_size_up_to_its_bound() -> None:
+    """Bodies in the first bucket (none, or up to its bound) count there and add to the sum."""
+    rt, _ = runtime_for("reviews-v2-7d9f8c6b5d-x2k4q")
+    rt.metrics = MetricsStore((100.0, 1000.0))
+    for size in (0, 0, 50, 100, 101, 5000):
+        rt.metrics.record_http(request("inbound", "inbound|9080||", "10.0.0.5", received=size,
+                                       sent=size), rt)  # fmt: skip
+    [series] = rt.metrics.requests.values()
+    assert series.count == 6
+    for histogram in (series.request_bytes, series.response_bytes):
+        assert (histogram.counts, histogram.sum, histogram.count) == ([4, 1, 1], 5251, 6)
+    text = render(rt.metrics, {}).decode()
+    assert re.search(r'istio_request_bytes_bucket\{[^}]*le="100.0"[^}]*\} 4', text)
+    assert re.search(r'istio_request_bytes_count\{[^}]*\} 6', text)
+
+
 @pytest.mark.parametrize(("ms", "bucket"), [(0.29, 0.3), (0.3, 0.3), (0.31, 1.7), (1.71, 9.0)])
 def test_bounds_off_the_half_millisecond_grid_are_exact(ms: float, bucket: float) -> None:
     """Custom bounds that are not multiples of 0.5 ms bypass the half-millisecond table."""
