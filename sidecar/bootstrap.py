@@ -44,6 +44,9 @@ class Tracing:
 
     zipkin_address: str = ""  # "host:port"; empty = tracing off
     sampling: float = 1.0  # percent, Istio's default
+    # Seconds between posts of the spans queued (sooner when a batch is full): Envoy's runtime
+    # default for tracing.zipkin.flush_interval_ms. Not in ProxyConfig; a flag only.
+    flush_interval: float = 5.0
 
 
 @dataclass(frozen=True)
@@ -220,6 +223,10 @@ def _check(boot: Bootstrap) -> None:
         raise BootstrapError(f"concurrency: {boot.concurrency}: must be at least 1")
     if not 0.0 <= boot.tracing.sampling <= 100.0:
         raise BootstrapError(f"tracing.sampling: {boot.tracing.sampling}: must be 0..100 percent")
+    if not boot.tracing.flush_interval > 0:
+        raise BootstrapError(
+            f"tracing.flush_interval: {boot.tracing.flush_interval}: must be > 0 seconds"
+        )
     if boot.protocol_detection_timeout < 0:
         raise BootstrapError(
             f"protocol_detection_timeout: {boot.protocol_detection_timeout}: must be >= 0"
@@ -241,7 +248,8 @@ def to_json(boot: Bootstrap) -> dict[str, Any]:
         elif isinstance(v, tuple):
             v = [str(p) for p in v]
         elif isinstance(v, Tracing):
-            v = {"zipkin_address": v.zipkin_address, "sampling": v.sampling}
+            v = {"zipkin_address": v.zipkin_address, "sampling": v.sampling,
+                 "flush_interval": v.flush_interval}  # fmt: skip
         elif f.name == "stats_histogram_buckets":
             v = metrics_buckets.to_json(v)
         out[f.name] = v

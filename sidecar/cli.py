@@ -59,6 +59,8 @@ _TRACING_FLAGS: tuple[tuple[str, str, Any, str], ...] = (
      "tracing.zipkin.address); empty = tracing off"),
     ("--trace-sampling", "sampling", float, "percent of requests traced (PROXY_CONFIG "
      "tracing.sampling; 1)"),
+    ("--zipkin-flush-interval", "flush_interval", float, "seconds between posts of the "
+     "queued spans, sooner when 256 are queued (Envoy's tracing.zipkin.flush_interval_ms; 5)"),
 )
 
 

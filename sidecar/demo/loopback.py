@@ -125,6 +125,7 @@ class LoopbackStage:
         extra = (
             "--outbound-port", "0", "--inbound-port", "0",  # explicit binds only
             "--zipkin-address", f"{COLLECTOR_HOST}:{self.collector_port}",
+            "--zipkin-flush-interval", "0.5",  # the demo shows its trace at once
         )  # fmt: skip
         waiters += [start_sidecar(group, spec, site, None, extra) for spec in self.sidecars]
         return waiters

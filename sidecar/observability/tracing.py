@@ -78,7 +78,9 @@ class Tracer:
     def __init__(self, bootstrap: Bootstrap, queue: SpanQueue | None = None) -> None:
         self.sampling = bootstrap.tracing.sampling
         self.node_id = bootstrap.node_id
-        self.queue = SpanQueue(zipkin_endpoint(bootstrap.tracing.zipkin_address)) \
+        tracing = bootstrap.tracing
+        self.queue = SpanQueue(zipkin_endpoint(tracing.zipkin_address),
+                               interval=tracing.flush_interval) \
             if queue is None else queue  # fmt: skip
         self._rng = random.Random()
         # The sampling draw, which the request path makes inline (a C call, no Python frame)

@@ -88,7 +88,7 @@ def sidecar_pair(
     `extra` mesh config (VirtualServices, ...)."""
     port = free_port()
     config = mesh_two_yaml(port, app_port, port_name, protocol, extra)
-    flags = ["--trace-sampling", str(sampling)]
+    flags = ["--trace-sampling", str(sampling), "--zipkin-flush-interval", "0.5"]
     if not proxy_config:
         flags += ["--zipkin-address", zipkin]
     started: list[SidecarProcess] = []

@@ -34,6 +34,15 @@ def test_proxy_config_yaml_and_json() -> None:
     assert j == {"termination_drain_duration": 60.0, "status_port": 15999}
 
 
+def test_zipkin_flush_interval_defaults_to_envoys_and_must_be_positive() -> None:
+    assert build({}).tracing.flush_interval == 5.0
+    yaml_text = "tracing:\n  sampling: 10\n  zipkin:\n    address: zipkin:9411\n"
+    b = build({"tracing": {"flush_interval": 0.5}}, env={"PROXY_CONFIG": yaml_text})
+    assert (b.tracing.flush_interval, b.tracing.sampling) == (0.5, 10.0)  # one field replaced
+    with pytest.raises(BootstrapError, match=r"flush_interval: 0\.0: must be > 0"):
+        build({"tracing": {"flush_interval": 0.0}})
+
+
 def test_env_then_flags_override() -> None:
     env = {
         "PROXY_CONFIG": "statusPort: 15100",
