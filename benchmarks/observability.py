@@ -25,6 +25,10 @@ tenants, steal) then hits every arm alike, and since the CPU is shared, the req/
 inverse ratios of CPU per request. The `off2` arm (identical to `off`) is an A/A check: its
 ratio shows what the harness itself contributes.
 
+With --base-tree DIR (another checkout, e.g. `git worktree add /tmp/base main`), arms named
+ARM@base run that checkout's sources (PYTHONPATH) with ARM's flags, beside this build's: on this
+VM, comparing two builds is only trustworthy within one run.
+
 With --profile, one more "on" run is recorded by py-spy (with --together: every arm of round
 1) and its samples grouped by concern (obs_profile.py). Results go to
 benchmarks/results/obs-<stamp>.md and .json.
@@ -79,6 +83,13 @@ ARMS: dict[str, str] = {
     "off2": "the same as off (A/A check)",
 }
 DEFAULT_ARMS = "off,metrics,on"
+BASE = "@base"  # arm suffix: the same arm from the --base-tree checkout (e.g. "on@base")
+
+
+def describe(arm: str) -> str:
+    """What an arm runs ("X@base": arm X from the --base-tree checkout)."""
+    mode = arm.removesuffix(BASE)
+    return ARMS[mode] + (" (--base-tree build)" if mode != arm else "")
 START_RETRIES = 3  # other sessions edit the tree: a start may catch it half-edited
 _ISTIO_REQUESTS = re.compile(r"^istio_requests_total\{[^}]*\} (\d+(?:\.\d+)?)", re.MULTILINE)
 _SPANS_SENT = re.compile(r"^tracing\.zipkin\.spans_sent: (\d+)", re.MULTILINE)
@@ -158,7 +169,7 @@ class Sidecar:
 
 
 def start_sidecar(procs: ProcessSet, tmp: Path, up: Upstreams, arm: str,
-                  collector: str) -> Sidecar:
+                  collector: str, base_tree: Path | None = None) -> Sidecar:
     """`sidecar run` with the arm's observability flags; returns once it is ready."""
     assert up.h2_port is not None
     http_port, h2_port = free_port(), free_port()
@@ -170,6 +181,11 @@ def start_sidecar(procs: ProcessSet, tmp: Path, up: Upstreams, arm: str,
             "--pod-namespace", "default", "--admin-port", str(admin), "--status-port", "0",
             "--prometheus-port", str(prom), "--access-log", "", "--outbound-port", "0",
             "--inbound-port", "0", "--no-watch"]
+    mode = arm.removesuffix(BASE)
+    if mode != arm:  # the other checkout's sources first on the path; its own flags the same
+        assert base_tree is not None
+        argv = ["env", f"PYTHONPATH={base_tree}", *argv]
+        arm = mode
     if arm in ("off", "off2"):
         argv.append("--no-metrics")
     if arm in ("on", "trace0"):
@@ -181,11 +197,11 @@ def start_sidecar(procs: ProcessSet, tmp: Path, up: Upstreams, arm: str,
 
 
 def start_with_retries(procs: ProcessSet, tmp: Path, up: Upstreams, arm: str,
-                       collector: str) -> Sidecar:
+                       collector: str, base_tree: Path | None = None) -> Sidecar:
     """start_sidecar, retried a minute later when the tree was caught half-edited."""
     for attempt in range(1, START_RETRIES + 1):
         try:
-            return start_sidecar(procs, tmp, up, arm, collector)
+            return start_sidecar(procs, tmp, up, arm, collector, base_tree)
         except HarnessError as err:
             if attempt == START_RETRIES:
                 raise
@@ -263,9 +279,9 @@ def one_arm(arm: str, number: int, args: argparse.Namespace, up: Upstreams, tmp:
             collector: str, profile_to: Path | None = None) -> ArmRun:
     """Start the arm's sidecar, measure it, stop it."""
     run = ArmRun(arm, number)
-    print(f"== round {number}: {arm}: {ARMS[arm]}", file=sys.stderr, flush=True)
+    print(f"== round {number}: {arm}: {describe(arm)}", file=sys.stderr, flush=True)
     with ProcessSet(tmp, args.pinning) as procs:
-        sc = start_with_retries(procs, tmp, up, arm, collector)
+        sc = start_with_retries(procs, tmp, up, arm, collector, args.base_tree)
         measure(procs, sc, run, args, profile_to)
         if run.problems:
             run.problems.append("its log ends: " + tail(sc.started.log, 3).replace("\n", " | "))
@@ -283,7 +299,8 @@ def round_together(number: int, arms: list[str], args: argparse.Namespace, up: U
     runs = [ArmRun(arm, number) for arm in arms]
     print(f"== round {number}: {', '.join(arms)} together", file=sys.stderr, flush=True)
     with ProcessSet(tmp, args.pinning) as procs:
-        sidecars = [start_with_retries(procs, tmp, up, arm, collector) for arm in arms]
+        sidecars = [start_with_retries(procs, tmp, up, arm, collector, args.base_tree)
+                    for arm in arms]
         spy_dir = args.results if args.profile and number == 1 else None
         if spy_dir is not None:
             spy_dir.mkdir(parents=True, exist_ok=True)
@@ -311,8 +328,7 @@ def _median(values: list[float]) -> float:
 def summary(runs: list[ArmRun], with_h2: bool) -> str:
     """The markdown table: per arm, medians over rounds and ratios to "off"."""
     clean = [r for r in runs if not r.problems]  # a run with errors is no fair comparison
-    by_arm = {arm: [r for r in clean if r.arm == arm] for arm in ARMS
-              if any(r.arm == arm for r in runs)}
+    by_arm = {arm: [r for r in clean if r.arm == arm] for arm in dict.fromkeys(r.arm for r in runs)}
     base = {r.round: r for r in by_arm["off"]}
     off_rps, off_cpu = (_median([r.rps for r in by_arm["off"]]),
                         _median([r.cpu_us for r in by_arm["off"]]))
@@ -345,7 +361,7 @@ def summary(runs: list[ArmRun], with_h2: bool) -> str:
     for r in runs:
         lines += [f"- {r.arm} round {r.round} left out of the medians: {p}" for p in r.problems]
     for arm, rs in by_arm.items():
-        lines.append(f"- {arm}: {ARMS[arm]}; req/s per round: "
+        lines.append(f"- {arm}: {describe(arm)}; req/s per round: "
                      + ", ".join(f"{r.rps:,.0f}" for r in rs) + "; CPU us/req per round: "
                      + ", ".join(f"{r.cpu_us:.1f}" for r in rs))
     return "\n".join(lines)
@@ -376,14 +392,22 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "and the VM's noise hits every arm alike)")
     p.add_argument("--profile", action="store_true",
                    help="after the rounds, one more 'on' run under py-spy: shares by concern")
+    p.add_argument("--base-tree", type=Path, metavar="DIR",
+                   help="another checkout (its root, holding sidecar/): arms named ARM@base "
+                        "run it, e.g. --arms off,on,off@base,on@base compares two builds in "
+                        "one run (ratios are to this build's off)")
     p.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "results")
     p.add_argument("--report", type=Path, metavar="JSON",
                    help="measure nothing: print the table of a saved obs-<stamp>.json")
     args = p.parse_args(argv)
     args.loads = {s.strip() for s in args.loads.split(",") if s.strip()}
     args.arms = [a.strip() for a in args.arms.split(",") if a.strip()]
-    if not args.arms or args.arms[0] != "off" or not set(args.arms) <= set(ARMS):
-        p.error(f"--arms: 'off' first, then any of {sorted(ARMS)}")
+    if not args.arms or args.arms[0] != "off" or not all(
+            a.removesuffix(BASE) in ARMS for a in args.arms):
+        p.error(f"--arms: 'off' first, then any of {sorted(ARMS)} (or ARM{BASE})")
+    if any(a.endswith(BASE) for a in args.arms) and (
+            args.base_tree is None or not (args.base_tree / "sidecar").is_dir()):
+        p.error(f"--arms ARM{BASE} needs --base-tree DIR (a checkout's root, holding sidecar/)")
     args.pinning = Pinning(proxy="1", load="0") if args.pin else Pinning()
     return args
 
