@@ -7,6 +7,7 @@ import pytest
 from sidecar.http.h1 import H1ClientCodec, H1ServerCodec
 from sidecar.http.h1_encode import chunk, encode_request_head, encode_response_head, last_chunk
 from sidecar.http.h2_codec import request_head as h2_request_head
+from sidecar.http.h2_codec import request_headers as h2_request_headers
 from sidecar.http.stream import End, RequestHead, ResponseHead
 
 
@@ -46,6 +47,16 @@ def test_h2_trace_headers_mark_the_request() -> None:
     plain = h2_request_head([(b":method", b"GET"), (b":path", b"/"), (b":authority", b"a"),
                              (b":scheme", b"http"), (b"x-other", b"0")], True)
     assert (traced.traced, plain.traced) == (True, False)
+
+
+def test_the_not_sampled_decision_is_written_by_both_encoders() -> None:
+    head = RequestHead(b"GET", b"/", [(b"accept", b"*/*")])
+    head.authority = b"b"
+    assert b"x-b3-sampled" not in encode_request_head(head)
+    assert (b"x-b3-sampled", b"0") not in h2_request_headers(head)
+    head.not_sampled = True
+    assert encode_request_head(head).endswith(b"accept: */*\r\nx-b3-sampled: 0\r\n\r\n")
+    assert (b"x-b3-sampled", b"0") in h2_request_headers(head)
 
 
 def test_hop_by_hop_consumed_and_connection_named_removed() -> None:
