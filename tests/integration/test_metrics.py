@@ -342,3 +342,40 @@ async def test_tcp_connections_and_bytes_are_counted() -> None:
     finally:
         proxy.close()
         echo.close()
+
+
+def _get_from(host: str, port: int) -> int:
+    conn = http.client.HTTPConnection(host, port, timeout=10)
+    try:
+        conn.request("GET", "/hello", headers={"host": f"{B_SVC}:{port}"})
+        resp = conn.getresponse()
+        resp.read()
+        return resp.status
+    finally:
+        conn.close()
+
+
+def test_requests_before_a_reload_keep_the_labels_they_ran_with() -> None:
+    """A reload that changes the peer's labels: the requests served before it stay counted
+    under the old labels, the later ones under the new."""
+    app = ThreadingHTTPServer((B_IP, 0), HelloApp)
+    threading.Thread(target=app.serve_forever, daemon=True).start()
+    port, prom = free_port(), free_port()
+    config = mesh_yaml(port, app.server_address[1])
+    try:
+        with mesh_sidecar(config, "b-1", B_IP, prom) as b:
+            assert [_get_from(B_IP, port) for _ in range(3)] == [200] * 3
+            b.config.write_text(config.replace(
+                "labels: {app: a, version: v1}", "labels: {app: a, version: v2}"))
+            status, body = b.admin("POST", "/reload")
+            assert status == 200, body.decode()
+            assert [_get_from(B_IP, port) for _ in range(2)] == [200] * 2
+            _, text = scrape(prom)
+    finally:
+        app.shutdown()
+        app.server_close()
+    counts = {
+        line.split('source_version="')[1].split('"')[0]: line.rsplit(" ", 1)[1]
+        for line in _series(text, "istio_requests_total")
+    }  # fmt: skip
+    assert counts == {"v1": "3", "v2": "2"}
