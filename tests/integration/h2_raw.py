@@ -105,6 +105,11 @@ class H2Client:
         self.encoder = hpack.Encoder()
         self.decoder = hpack.Decoder()
         self.decoder.max_header_list_size = 1 << 20
+        # Every header block the server sends is decoded as it arrives, read by a test or not:
+        # HPACK's dynamic table is shared by the connection's blocks, so skipping one would
+        # break the next. Decoded blocks wait here by stream id (and an unfinished one's bytes).
+        self.blocks: dict[int, list[Headers]] = {}
+        self._partial: dict[int, bytes] = {}
         self.server_settings: dict[int, int] = {}
         self.settings_acked = 0  # SETTINGS ACKs the server sent us
         self.got_settings = False  # the server's (non-ACK) SETTINGS arrived
@@ -189,7 +194,15 @@ class H2Client:
         return frame
 
     def _auto(self, frame: Frame) -> None:
-        if isinstance(frame, WindowUpdateFrame):
+        if isinstance(frame, (HeadersFrame, ContinuationFrame)):
+            sid = frame.stream_id
+            block = self._partial.pop(sid, b"") + frame.data
+            if "END_HEADERS" not in frame.flags:
+                self._partial[sid] = block
+                return
+            fields = [(bytes(n), bytes(v)) for n, v in self.decoder.decode(block, raw=True)]
+            self.blocks.setdefault(sid, []).append(fields)
+        elif isinstance(frame, WindowUpdateFrame):
             sid = frame.stream_id
             self.granted[sid] = self.granted.get(sid, 0) + frame.window_increment
         elif isinstance(frame, SettingsFrame):
@@ -257,20 +270,19 @@ class H2Client:
         """The whole response on `stream_id` (WINDOW_UPDATEs sent for its DATA)."""
         resp: Response | None = None
         body: list[bytes] = []
-        block = b""
+        blocks = self.blocks.setdefault(stream_id, [])
+        blocks.clear()  # blocks of an earlier use of this stream id's frames (none in practice)
 
         def step(f: Frame) -> bool:
-            nonlocal resp, block
+            nonlocal resp
             if isinstance(f, GoAwayFrame):
                 raise AssertionError(f"GOAWAY {f.error_code:#x} while waiting for {stream_id}")
             if f.stream_id != stream_id:
                 return False
             if isinstance(f, (HeadersFrame, ContinuationFrame)):
-                block += f.data
                 if "END_HEADERS" not in f.flags:
                     return False
-                fields = [(bytes(n), bytes(v)) for n, v in self.decoder.decode(block, raw=True)]
-                block = b""
+                fields = blocks.pop(0)  # decoded by _auto
                 if resp is None:
                     resp = Response(int(dict(fields)[b":status"]), fields)
                 else:
@@ -285,7 +297,7 @@ class H2Client:
                     raise AssertionError(f"RST_STREAM {f.error_code:#x} before a response")
                 resp.reset = f.error_code
                 return True
-            return "END_STREAM" in f.flags and resp is not None and not block
+            return "END_STREAM" in f.flags and resp is not None and stream_id not in self._partial
 
         await self.wait_for(step, timeout)
         assert resp is not None
