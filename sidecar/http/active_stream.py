@@ -38,7 +38,15 @@ from sidecar.http.mirror import MirrorSet
 from sidecar.http.route_actions import CompiledOps, RouteActions, edit_response
 from sidecar.http.route_stage import RouteStage
 from sidecar.http.router import CompiledRoute, RouteTable
-from sidecar.http.stream import END, End, Headers, RequestHead, ResponseHead, UpstreamRequest
+from sidecar.http.stream import (
+    END,
+    SERVICE_TIME,
+    End,
+    Headers,
+    RequestHead,
+    ResponseHead,
+    UpstreamRequest,
+)
 from sidecar.http.stream_info import finish_request
 from sidecar.outcome import DETAILS, DIRECT_RESPONSE, VIA_UPSTREAM, ResponseFlag
 from sidecar.runtime import Downstream, Runtime, StreamInfo
@@ -360,10 +368,18 @@ class ActiveStream(RouteStage):
 
     def on_response_head(self, head: ResponseHead) -> None:
         self.response_started = True
-        if self.resp_ops is not None or self.resp_extra is not None:
-            edit_response(head, self.resp_ops or (), self.resp_extra)
         info = self.info
-        info.response_start_mono = monotonic()
+        now = info.response_start_mono = monotonic()
+        # Envoy's x-envoy-upstream-service-time: from the end of the request (its start while
+        # the request still streams) to this head.
+        t = info.upstream_service_time_ms = int(
+            (now - (info.request_end_mono or info.start_mono)) * 1000.0
+        )  # fmt: skip
+        if self.resp_ops is not None or self.resp_extra is not None:
+            head.headers.append((SERVICE_TIME, b"%d" % t))  # as Envoy: route edits apply to it
+            edit_response(head, self.resp_ops or (), self.resp_extra)
+        else:
+            head.service_time = t
         info.response_code = head.status
         info.response_code_details = VIA_UPSTREAM
         if self.head.grpc:

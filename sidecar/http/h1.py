@@ -29,6 +29,7 @@ from sidecar.errors import ProtocolError
 from sidecar.http.stream import (
     END,
     NO_LENGTH,
+    SERVICE_TIME,
     TRACE_HEADERS,
     End,
     Headers,
@@ -56,6 +57,7 @@ _HOP = frozenset(
     )
 )
 _HOP_LENGTHS = frozenset(len(n) for n in _HOP)  # most names are no hop header: skip lower()
+_RESPONSE_LIFTED_LENGTHS = _HOP_LENGTHS | {len(SERVICE_TIME)}
 _REQUEST_SPECIAL = _HOP | {b"host", b"expect", b"x-forwarded-for", b"x-forwarded-proto",
                            b"x-request-id"}
 _CONN_BUILTIN = frozenset((b"close", b"keep-alive", b"upgrade", b""))
@@ -362,13 +364,15 @@ class H1ClientCodec:
                 self._trailers = []
             self._trailers.append((name, value))
             return
-        if len(name) in _HOP_LENGTHS:
+        if len(name) in _RESPONSE_LIFTED_LENGTHS:
             lname = name.lower()
             if lname in _HOP:
                 special = self._special
                 old = special.get(lname)
                 special[lname] = value if old is None else old + b", " + value
                 return
+            if lname == SERVICE_TIME:
+                return  # replaced by this proxy's
         self._headers.append((name, value))
 
     def on_headers_complete(self) -> None:

@@ -17,6 +17,8 @@ UNSAMPLED_END = b"x-b3-sampled: 0\r\n\r\n"  # the last header line and the blank
 
 
 _STATUS_LINE = {code: b"HTTP/1.1 %d " % code for code in range(100, 600)}  # read-only
+# x-envoy-upstream-service-time and the blank line, preformatted for the usual times (ms).
+_SERVICE_TIME_END = [b"x-envoy-upstream-service-time: %d\r\n\r\n" % ms for ms in range(1024)]
 
 
 def _put_headers(parts: list[bytes], headers: Headers) -> None:
@@ -63,7 +65,14 @@ def encode_response_head(head: ResponseHead, chunked: bool, close: bool) -> byte
         parts += (b"connection: upgrade\r\nupgrade: ", head.upgrade, CRLF)
     elif close:
         parts.append(b"connection: close\r\n")
-    parts.append(CRLF)
+    # This proxy's x-envoy-upstream-service-time rides on the blank line: one part, not two.
+    t = head.service_time
+    if t < 0:
+        parts.append(CRLF)
+    else:
+        parts.append(
+            _SERVICE_TIME_END[t] if t < 1024 else b"x-envoy-upstream-service-time: %d\r\n\r\n" % t
+        )  # fmt: skip
     return b"".join(parts)
 
 

@@ -49,6 +49,7 @@ if TYPE_CHECKING:
 from sidecar.http.stream import (
     END,
     NO_LENGTH,
+    SERVICE_TIME,
     TRACE_HEADERS,
     End,
     Headers,
@@ -227,7 +228,7 @@ def response_head(headers: Headers, end_stream: bool) -> ResponseHead:
             status = int(value)
         elif name == b"content-length":
             length = int(value) if value.isdigit() else NO_LENGTH
-        else:
+        elif name != SERVICE_TIME:  # replaced by this proxy's
             out.append((name, value))
     head = ResponseHead(status, _REASONS.get(status, b""), out)
     head.content_length = 0 if end_stream and length == NO_LENGTH else length
@@ -274,6 +275,8 @@ def response_headers(head: ResponseHead) -> Headers:
         out.append((name.lower(), value))
     if head.content_length >= 0:
         out.append((b"content-length", b"%d" % head.content_length))
+    if head.service_time >= 0:
+        out.append((SERVICE_TIME, b"%d" % head.service_time))
     return out
 
 

@@ -38,6 +38,11 @@ TRACE_HEADERS = frozenset({
 })  # fmt: skip
 
 
+# Envoy's router header on responses from upstream: ms from the end of the downstream request
+# to the upstream's response head. A value from further upstream is replaced by this proxy's.
+SERVICE_TIME = b"x-envoy-upstream-service-time"
+
+
 class RequestHead:
     """A request's head; `headers` holds only end-to-end headers the codec did not lift out."""
 
@@ -116,7 +121,9 @@ _LIFTED_REQUEST = {
 class ResponseHead:
     """A response's head; `headers` holds only end-to-end headers."""
 
-    __slots__ = ("content_length", "headers", "keep_alive", "reason", "status", "upgrade")
+    __slots__ = (
+        "content_length", "headers", "keep_alive", "reason", "service_time", "status", "upgrade",
+    )  # fmt: skip
 
     def __init__(self, status: int, reason: bytes, headers: Headers) -> None:
         self.status = status
@@ -125,6 +132,9 @@ class ResponseHead:
         self.content_length = NO_LENGTH  # NO_LENGTH: chunked or delimited by close (or no body)
         self.keep_alive = True
         self.upgrade: bytes | None = None  # set on 101 Switching Protocols
+        # x-envoy-upstream-service-time (ms) this proxy adds to a response from upstream, which
+        # the encoders write (lifted like x-request-id); -1: none (the proxy's own replies).
+        self.service_time = -1
 
 
 class End:

@@ -141,7 +141,7 @@ def test_text_is_istios_default_format(servers: Servers) -> None:
     lines, ports = run_traffic(servers, "--access-log-format", "text")
     ok = by_marker(lines, "rid-ok")
     m = re.fullmatch(
-        rf'\[{ISO_MS}\] "GET /ok\?q=1 HTTP/1.1" 200 - via_upstream - "-" 0 20 \d+ - "10.1.2.3" '
+        rf'\[{ISO_MS}\] "GET /ok\?q=1 HTTP/1.1" 200 - via_upstream - "-" 0 20 \d+ \d+ "10.1.2.3" '
         rf'"fmt-test/1.0" "rid-ok" "127.0.0.1:{ports["ok"]}" '
         rf'"127.0.0.1:{servers.http.server_address[1]}" inbound\|{ports["ok"]}\|\| '
         rf"127.0.0.1:\d+ 127.0.0.1:{ports['ok']} 127.0.0.1:\d+ - \S+",
@@ -167,8 +167,10 @@ def test_json_has_istios_keys_and_envoys_types(servers: Servers) -> None:
     assert ok["x_forwarded_for"] == "10.1.2.3" and ok["requested_server_name"] is None
     assert re.fullmatch(ISO_MS, ok["start_time"]) and isinstance(ok["duration"], int)
     assert ok["response_code_details"] == "via_upstream"
+    assert ok["upstream_service_time"].isdigit()  # a response header's value: a string
     dead = next(r for r in recs if r["request_id"] == "rid-dead")
     assert (dead["response_code"], dead["response_flags"]) == (503, "UF")
+    assert dead["upstream_service_time"] is None  # the proxy's own reply
     tcp = next(r for r in recs if r["method"] is None)
     assert (tcp["protocol"], tcp["response_code"]) == ("-", 0)
     assert (tcp["bytes_received"], tcp["bytes_sent"]) == (40, 40)
@@ -180,7 +182,7 @@ def test_envoy_is_envoys_default_format(servers: Servers) -> None:
     up = servers.http.server_address[1]
     ok = by_marker(lines, "rid-ok")
     assert re.fullmatch(
-        rf'\[{ISO_MS}\] "GET /ok\?q=1 HTTP/1.1" 200 - 0 20 \d+ - "10.1.2.3" "fmt-test/1.0" '
+        rf'\[{ISO_MS}\] "GET /ok\?q=1 HTTP/1.1" 200 - 0 20 \d+ \d+ "10.1.2.3" "fmt-test/1.0" '
         rf'"rid-ok" "127.0.0.1:{ports["ok"]}" "127.0.0.1:{up}"',
         ok,
     ), ok

@@ -8,6 +8,8 @@ from sidecar.http.h1 import H1ClientCodec, H1ServerCodec
 from sidecar.http.h1_encode import chunk, encode_request_head, encode_response_head, last_chunk
 from sidecar.http.h2_codec import request_head as h2_request_head
 from sidecar.http.h2_codec import request_headers as h2_request_headers
+from sidecar.http.h2_codec import response_head as h2_response_head
+from sidecar.http.h2_codec import response_headers as h2_response_headers
 from sidecar.http.stream import End, RequestHead, ResponseHead
 
 
@@ -58,6 +60,22 @@ def test_the_not_sampled_decision_is_written_by_both_encoders() -> None:
     assert encode_request_head(head).endswith(b"accept: */*\r\nx-b3-sampled: 0\r\n\r\n")
     assert (b"x-b3-sampled", b"0") in h2_request_headers(head)
 
+
+
+def test_the_upstream_service_time_is_replaced_by_this_proxys() -> None:
+    codec = H1ClientCodec()
+    (head, _end) = codec.feed(b"HTTP/1.1 204 No Content\r\nX-Envoy-Upstream-Service-Time: 9\r\n"
+                              b"x-a: 1\r\n\r\n")  # fmt: skip
+    assert isinstance(head, ResponseHead) and head.headers == [(b"x-a", b"1")]
+    h2_head = h2_response_head([(b":status", b"204"), (b"x-envoy-upstream-service-time", b"9"),
+                                (b"x-a", b"1")], end_stream=True)  # fmt: skip
+    assert h2_head.headers == [(b"x-a", b"1")]
+    assert b"service-time" not in encode_response_head(head, chunked=False, close=False)
+    assert all(b"service-time" not in n for n, _ in h2_response_headers(head))
+    head.service_time = 12
+    assert encode_response_head(head, chunked=False, close=False).endswith(
+        b"x-a: 1\r\nx-envoy-upstream-service-time: 12\r\n\r\n")
+    assert (b"x-envoy-upstream-service-time", b"12") in h2_response_headers(head)
 
 def test_hop_by_hop_consumed_and_connection_named_removed() -> None:
     codec = H1ServerCodec()
