@@ -9,7 +9,7 @@ returns one bytes object built with a single join; body chunks are returned as p
 
 from __future__ import annotations
 
-from sidecar.http.stream import Headers, RequestHead, ResponseHead
+from sidecar.http.stream import SERVICE_TIME, Headers, RequestHead, ResponseHead
 
 CRLF = b"\r\n"
 LAST_CHUNK = b"0\r\n\r\n"
@@ -18,7 +18,8 @@ UNSAMPLED_END = b"x-b3-sampled: 0\r\n\r\n"  # the last header line and the blank
 
 _STATUS_LINE = {code: b"HTTP/1.1 %d " % code for code in range(100, 600)}  # read-only
 # x-envoy-upstream-service-time and the blank line, preformatted for the usual times (ms).
-_SERVICE_TIME_END = [b"x-envoy-upstream-service-time: %d\r\n\r\n" % ms for ms in range(1024)]
+_SERVICE_TIME_LINE = SERVICE_TIME + b": %d\r\n\r\n"
+_SERVICE_TIME_END = [_SERVICE_TIME_LINE % ms for ms in range(1024)]
 
 
 def _put_headers(parts: list[bytes], headers: Headers) -> None:
@@ -70,9 +71,7 @@ def encode_response_head(head: ResponseHead, chunked: bool, close: bool) -> byte
     if t < 0:
         parts.append(CRLF)
     else:
-        parts.append(
-            _SERVICE_TIME_END[t] if t < 1024 else b"x-envoy-upstream-service-time: %d\r\n\r\n" % t
-        )  # fmt: skip
+        parts.append(_SERVICE_TIME_END[t] if t < 1024 else _SERVICE_TIME_LINE % t)
     return b"".join(parts)
 
 
