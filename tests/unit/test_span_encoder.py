@@ -93,3 +93,17 @@ def test_every_encoded_span_is_valid_zipkin_v2() -> None:
     node = NodeEndpoint()
     node.service_name = "a.default"
     assert_valid(json.loads(SpanEncoder().serialize(spans(), node)))  # type: ignore[arg-type]
+
+
+def test_a_service_name_tag_keeps_its_place_and_takes_the_proxy_s_value() -> None:
+    """As the stock encoder merges the resource's service.name over the span's tags."""
+    node = NodeEndpoint()
+    node.service_name = "a.default"
+    [span, *_] = spans()
+    span.tags = {"component": "proxy", SERVICE_NAME: "app-set", "http.method": "GET"}
+    ours = SpanEncoder().serialize([span], node)  # type: ignore[arg-type]
+    theirs = ZipkinExporter().encoder.serialize([reference(span)], node)  # type: ignore[arg-type]
+    assert ours == theirs
+    assert list(json.loads(ours)[0]["tags"].items()) == [
+        ("component", "proxy"), (SERVICE_NAME, "a.default"), ("http.method", "GET"),
+    ]  # fmt: skip
