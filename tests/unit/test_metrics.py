@@ -194,7 +194,8 @@ def test_bucket_boundaries_are_inclusive_upper_bounds(ms: float, bucket: float) 
 @pytest.mark.parametrize(
     ("sent", "bucket"),
     [(0, 0.5), (1, 1), (2, 5), (5, 5), (6, 10), (1000, 1000), (1001, 2500), (2047, 2500),
-     (2048, 2500), (2501, 5000), (3600001, float("inf"))],
+     (2048, 2500), (2501, 5000), (10000, 10000), (16383, 30000), (16384, 30000),
+     (3600001, float("inf"))],
 )  # fmt: skip
 def test_byte_buckets_by_table_and_by_bisect_agree(sent: int, bucket: float) -> None:
     """Small sizes find their bucket in a table, large ones by bisect: the same bounds."""
