@@ -5,17 +5,20 @@ as much as the costs being measured. Instruction counts do not: the same request
 same build execute the same instructions, to a few in a thousand. So each arm here is one
 `sidecar run` (the config and flags of benchmarks/observability.py's arm) under valgrind's
 callgrind with collection off; one keep-alive client sends warm-up GETs, then collection is
-switched on (`callgrind_control -i on`), `--requests` GETs are sent one after another, the
-sidecar's span flush timer is given time to post (a sampled arm's export thread counts: every
-thread of the process is counted), collection is switched off and the counts dumped. The
+switched on (`callgrind_control -i on`), `--requests` GETs are sent one after another, a few
+seconds pass for a post in flight to finish (a sampled arm's export thread counts: every thread
+of the process is counted), collection is switched off and the counts dumped. The
 result is the instructions per request of each arm and its difference to `off`.
 
 Tracing at 1% is not run as an arm: over a few thousand requests its count would depend on
 which requests were drawn, and on whether the export thread's first (cold) post lands in the
 counted window. The `sampled` arm (every request sampled) and `trace0` give the two ends
 instead: one sampled request costs their difference, and `trace0 + (sampled - trace0) / 100`
-is what 1% costs on average. Spans are posted every --flush seconds, or by full batches of
-256 as under load.
+is what 1% costs on average. The flush timer is set far out (--flush), so spans are posted
+by full batches of 256 only, as under load (1% of a few thousand requests per second is a few
+hundred spans per 5 s post): the number of posts in the counted window then depends only on
+the number of requests, not on how fast they went under callgrind, and the warm-up's first
+(cold) post is not counted.
 
 Run: .venv/bin/python benchmarks/obs_instructions.py --arms off,metrics,trace0,sampled
 """
@@ -90,10 +93,10 @@ def measure(procs: ProcessSet, tmp: Path, arm: str, args: argparse.Namespace, up
     started, port, out = start(procs, tmp, arm, upstream, h2_upstream, collector, args.flush)
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60.0)
     get(conn, args.warmup)
-    time.sleep(args.flush + 1.0)  # the warm-up's spans posted before counting starts
+    time.sleep(args.settle)  # the warm-up's post done before counting starts
     control(started.pid, "-i", "on")
     get(conn, args.requests)
-    time.sleep(args.flush + 1.0)  # and the measured requests' spans posted while counting
+    time.sleep(args.settle)  # and the last full batch's post while counting
     control(started.pid, "-i", "off")
     control(started.pid, "-d")
     conn.close()
@@ -112,7 +115,10 @@ def main(argv: list[str] | None = None) -> int:
                    help=f"comma-separated, 'off' first, of {sorted(ARMS)}")
     p.add_argument("--requests", type=int, default=1500, help="GETs counted per arm")
     p.add_argument("--warmup", type=int, default=300, help="GETs before counting starts")
-    p.add_argument("--flush", type=float, default=1.0, help="the span flush interval (s)")
+    p.add_argument("--flush", type=float, default=3600.0,
+                   help="the span flush interval (s); posts by full batches only when long")
+    p.add_argument("--settle", type=float, default=5.0,
+                   help="seconds for a post in flight to finish, after warm-up and after")
     args = p.parse_args(argv)
     arms = args.arms.split(",")
     if arms[0] != "off" or not set(arms) <= set(ARMS):
