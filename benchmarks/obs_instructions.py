@@ -20,6 +20,11 @@ hundred spans per 5 s post): the number of posts in the counted window then depe
 the number of requests, not on how fast they went under callgrind, and the warm-up's first
 (cold) post is not counted.
 
+With --connections N the counted GETs go over N keep-alive connections at once (hey), as
+under load, where several requests share each loop turn. (On 2026-11-27, 16 connections gave
+the same count per request as one, 175.4k vs 174.7k for "off": the loop's per-turn work is
+not what makes a request cheaper under wrk.)
+
 Run: .venv/bin/python benchmarks/obs_instructions.py --arms off,metrics,trace0,sampled
 """
 
@@ -83,6 +88,16 @@ def get(conn: http.client.HTTPConnection, count: int) -> None:
             raise HarnessError(f"GET answered {response.status}")
 
 
+def load(port: int, count: int, connections: int) -> None:
+    """`count` GETs over `connections` keep-alive connections at once (hey), as under load:
+    several requests then share each loop turn's reads, writes and flushes."""
+    out = subprocess.run(["hey", "-n", str(count), "-c", str(connections), "-t", "60",
+                          "-H", "User-Agent: obs-instructions", f"http://127.0.0.1:{port}/"],
+                         check=True, capture_output=True, text=True).stdout
+    if f"[200]\t{count} responses" not in out:
+        raise HarnessError(f"hey: not {count} answers of 200:\n{out}")
+
+
 def control(pid: int, *args: str) -> None:
     subprocess.run(["callgrind_control", *args, str(pid)], check=True, capture_output=True)
 
@@ -93,9 +108,15 @@ def measure(procs: ProcessSet, tmp: Path, arm: str, args: argparse.Namespace, up
     started, port, out = start(procs, tmp, arm, upstream, h2_upstream, collector, args.flush)
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60.0)
     get(conn, args.warmup)
+    if args.connections > 1:  # hey sends count // connections on each connection
+        load(port, args.warmup - args.warmup % args.connections, args.connections)
     time.sleep(args.settle)  # the warm-up's post done before counting starts
     control(started.pid, "-i", "on")
-    get(conn, args.requests)
+    requests: int = args.requests - args.requests % args.connections
+    if args.connections > 1:
+        load(port, requests, args.connections)
+    else:
+        get(conn, requests)
     time.sleep(args.settle)  # and the last full batch's post while counting
     control(started.pid, "-i", "off")
     control(started.pid, "-d")
@@ -105,7 +126,6 @@ def measure(procs: ProcessSet, tmp: Path, arm: str, args: argparse.Namespace, up
               for m in [_TOTALS.search(f.read_bytes())] if m]
     if not counts:
         raise HarnessError(f"no callgrind totals for {arm}")
-    requests: int = args.requests
     return max(counts) / requests
 
 
@@ -115,6 +135,9 @@ def main(argv: list[str] | None = None) -> int:
                    help=f"comma-separated, 'off' first, of {sorted(ARMS)}")
     p.add_argument("--requests", type=int, default=1500, help="GETs counted per arm")
     p.add_argument("--warmup", type=int, default=300, help="GETs before counting starts")
+    p.add_argument("--connections", type=int, default=1,
+                   help="keep-alive connections at once (hey) for the counted GETs; 1: one after "
+                        "another on one connection")
     p.add_argument("--flush", type=float, default=3600.0,
                    help="the span flush interval (s); posts by full batches only when long")
     p.add_argument("--settle", type=float, default=5.0,
