@@ -154,10 +154,14 @@ class ActiveStream(RouteStage):
         r = table.route(head) if table is not None else None
         tracer = conn.runtime.tracer
         if tracer is not None:  # after routing, as Envoy: the span is named by the route
-            if head.traced or tracer.draw() < tracer.fraction:
+            if head.traced:  # the caller's context decides
                 tracer.begin(head, self.info, r.route if r is not None else None)
-            else:  # the usual request: no caller's context and not sampled (tracing.py)
+            elif tracer.untraced:  # the usual request: not sampled (tracing.py: the gap)
+                tracer.untraced -= 1
                 head.not_sampled = True
+            else:  # sampled: the next gap is drawn
+                tracer.untraced = tracer.gap()
+                tracer.begin(head, self.info, r.route if r is not None else None)
         if head.expect_continue:
             conn.send_continue()
         if r is None:

@@ -7,8 +7,11 @@ head has been routed (`begin`, before anything else happens to it), its trace he
 decided: the caller's decision wins, `x-b3-flags: 1` forces, else a random draw against the
 configured percentage. An unsampled request gets no record; only its decision is propagated
 upstream (`x-b3-sampled: 0`), so the next proxy does not draw again. The usual request, with
-no trace header and not drawn, is settled inline by the request path (active_stream.py): one
-draw and `RequestHead.not_sampled`, which the encoders write; no call, no allocation. A
+no trace header, is settled inline by the request path (active_stream.py) without a draw of
+its own: the tracer keeps how many such requests go unsampled before the next one is sampled
+(`untraced`, a geometric draw made when it runs out: the same odds, request by request, as a
+draw each), and the request path counts it down and sets `RequestHead.not_sampled`, which the
+encoders write; no call, no allocation. A
 sampled request gets a small slotted `SpanRecord` on its StreamInfo (ids, name, url) and its
 upstream head carries the child context: this proxy's span id, with the caller's span as parent.
 
@@ -28,8 +31,10 @@ Tags are those of Envoy's HttpTracerUtility, gRPC's included (`grpc.status_code`
 
 from __future__ import annotations
 
+import math
 import os
 import random
+import sys
 from typing import TYPE_CHECKING
 
 from sidecar.observability.tracing_context import (
@@ -50,6 +55,7 @@ if TYPE_CHECKING:
 # gRPC statuses Envoy tags error=true (upstream errors; client-side ones are not).
 GRPC_ERRORS = frozenset({2, 4, 8, 12, 13, 14, 15})
 MAX_PATH_TAG = 256  # Envoy's default max_path_tag_length for http.url
+NEVER = sys.maxsize  # the gap of a tracer that samples nothing
 
 
 def grpc_request_tags(head: RequestHead) -> dict[str, str]:
@@ -83,22 +89,39 @@ class Tracer:
                                interval=tracing.flush_interval) \
             if queue is None else queue  # fmt: skip
         self._rng = random.Random()
-        # The sampling draw, which the request path makes inline (a C call, no Python frame)
-        # for a request without trace headers: `draw() < fraction` is sampled.
-        self.draw = self._rng.random
+        self.draw = self._rng.random  # `draw() < fraction`: sampled (a caller left it to us)
         self.fraction = self.sampling / 100.0
+        self._log_miss = math.log1p(-self.fraction) if 0.0 < self.fraction < 1.0 else 0.0
+        # Requests without trace headers still to go unsampled before the next one is sampled
+        # (`gap`): the request path counts it down inline, no draw per request.
+        self.untraced = self.gap()
         if hasattr(os, "register_at_fork"):  # worker processes must not repeat span ids
-            os.register_at_fork(after_in_child=self._rng.seed)
+            os.register_at_fork(after_in_child=self._reseed)
         self._service_of: tuple[object, str, str] = (None, "", "")  # snapshot, service, zone
         self._fallback_service = f"{bootstrap.pod_name or 'unknown'}.{bootstrap.pod_namespace}"
+
+    def gap(self) -> int:
+        """How many requests go unsampled before the next one is: a geometric draw (failures
+        before the first success, P(k) = (1 - f)^k f), so each request is sampled with
+        probability `fraction`, independently of the others, exactly as by a draw per request.
+        `floor(log(U) / log(1 - f))` for U uniform on (0, 1]."""
+        if self.fraction >= 1.0:
+            return 0
+        if self.fraction <= 0.0:
+            return NEVER
+        return int(math.log(1.0 - self.draw()) / self._log_miss)
+
+    def _reseed(self) -> None:
+        self._rng.seed()
+        self.untraced = self.gap()
 
     # request start ---------------------------------------------------------------------------
 
     def begin(self, head: RequestHead, info: StreamInfo, route: Route | None) -> None:
         """A new request (routed to `route`, None when no route matched) that came with trace
         headers (`head.traced`: the caller's decision, else a draw, decides) or that the request
-        path drew for sampling; rewrites its trace headers for upstream. (The usual request has
-        neither: the request path only sets `head.not_sampled`, without calling this.)"""
+        path sampled (its `untraced` ran out); rewrites its trace headers for upstream. (The
+        usual request has neither: the request path only sets `head.not_sampled`.)"""
         if head.traced:
             ctx = extract(head.headers)
             sampled = ctx.sampled
