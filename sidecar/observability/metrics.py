@@ -53,7 +53,7 @@ DEFAULT_BUCKETS: tuple[float, ...] = (
 )  # fmt: skip
 CACHE_LIMIT = 10_000  # cached bindings / hot keys before the caches are cleared
 SMALL = 16384  # body sizes below this find their bucket in a table
-DURATION_TABLE = 2048  # durations under this many half milliseconds too (when bounds allow)
+DURATION_TABLE = 2048  # durations under this many half milliseconds too (as bounds allow)
 
 HotKey = tuple[str, str, str, str, int, int, int | None]
 TcpKey = tuple[str, str, str, str, int]
@@ -99,7 +99,7 @@ class RequestSeries:
     def __init__(self, sizes: tuple[int, int, int]) -> None:
         self.request_messages = 0
         self.response_messages = 0
-        self.d_counts = [0] * sizes[0]  # duration (ms)
+        self.d_counts = [0] * sizes[0]  # duration (ms buckets; d_sum in seconds)
         self.q_counts = [0] * sizes[1]  # request bytes (bodies only: see above)
         self.p_counts = [0] * sizes[2]  # response bytes (bodies only)
         self.d_sum = 0.0
@@ -120,7 +120,7 @@ class RequestSeries:
 
     @property
     def duration(self) -> Histogram:
-        return Histogram(self.d_counts, self.d_sum)
+        return Histogram(self.d_counts, self.d_sum * 1000.0)  # kept in seconds
 
     @property
     def request_bytes(self) -> Histogram:
@@ -180,15 +180,17 @@ class MetricsStore:
         # floats; byte counts are ints, and for an int n, n <= bound exactly when n <= floor.
         self._request_bounds = tuple(math.floor(b) for b in self.bounds["request_bytes"])
         self._response_bounds = tuple(math.floor(b) for b in self.bounds["response_bytes"])
-        # Most durations are short and Envoy's bounds are whole half milliseconds: the bucket of
-        # a duration under DURATION_TABLE half milliseconds by table lookup (when the bounds
-        # allow it: any bound off the half-millisecond grid and every duration bisects).
+        # Most durations are short: the bucket of one under DURATION_TABLE half milliseconds by
+        # table lookup, indexed by the duration in half milliseconds rounded up (k covers
+        # ((k-1)/2, k/2] ms). Envoy's bounds are whole half milliseconds, so one bucket holds
+        # each such interval; the table ends before the first interval that a bound off that
+        # grid splits, and durations from there on bisect.
         durations = self._duration_bounds
-        on_grid = all((b * 2.0).is_integer() for b in durations)
-        self._duration_small = DURATION_TABLE if on_grid else 0
-        self._duration_index = [
-            bisect_left(durations, k / 2.0) for k in range(self._duration_small)
-        ]  # fmt: skip
+        self._duration_index = []
+        for k in range(DURATION_TABLE):
+            if any((k - 1) / 2.0 < b < k / 2.0 for b in durations):
+                break
+            self._duration_index.append(bisect_left(durations, k / 2.0))
         # Most bodies are small: their bucket by table lookup instead of a bisect.
         self._request_index = [bisect_left(self._request_bounds, n) for n in range(SMALL)]
         self._response_index = [bisect_left(self._response_bounds, n) for n in range(SMALL)]
@@ -225,13 +227,12 @@ class MetricsStore:
             s = self._request_series(key, info, runtime)
         if info.grpc_messages is not None:
             s.count_messages(info.grpc_messages)
-        ms = (info.end_mono - info.start_mono) * 1000.0
-        k = ceil(ms * 2.0)  # half milliseconds, rounded up: the bucket by table when short
-        s.d_counts[
-            self._duration_index[k] if k < self._duration_small
-            else bisect_left(self._duration_bounds, ms)
-        ] += 1  # fmt: skip
-        s.d_sum += ms
+        seconds = info.end_mono - info.start_mono
+        try:  # the bucket by table (half milliseconds, rounded up), unless the request was long
+            s.d_counts[self._duration_index[ceil(seconds * 2000.0)]] += 1
+        except IndexError:
+            s.d_counts[bisect_left(self._duration_bounds, seconds * 1000.0)] += 1
+        s.d_sum += seconds  # rendered in milliseconds
         # No body (most requests): only the count, which is the duration's (RequestSeries).
         n = info.bytes_received
         if n:

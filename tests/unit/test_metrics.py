@@ -223,14 +223,24 @@ def test_first_byte_bucket_counts_every_size_up_to_its_bound() -> None:
     assert re.search(r'istio_request_bytes_count\{[^}]*\} 6', text)
 
 
-@pytest.mark.parametrize(("ms", "bucket"), [(0.29, 0.3), (0.3, 0.3), (0.31, 1.7), (1.71, 9.0)])
-def test_bounds_off_the_half_millisecond_grid_are_exact(ms: float, bucket: float) -> None:
-    """Custom bounds that are not multiples of 0.5 ms bypass the half-millisecond table."""
+@pytest.mark.parametrize(
+    ("bounds", "ms", "bucket"),
+    [((0.3, 1.7, 9.0), 0.29, 0.3), ((0.3, 1.7, 9.0), 0.3, 0.3), ((0.3, 1.7, 9.0), 0.31, 1.7),
+     ((0.3, 1.7, 9.0), 1.71, 9.0), ((0.5, 1.7, 9.0), 0.4, 0.5), ((0.5, 1.7, 9.0), 1.2, 1.7),
+     ((0.5, 1.7, 9.0), 1.6, 1.7), ((0.5, 1.7, 9.0), 1.7, 1.7), ((0.5, 1.7, 9.0), 1.8, 9.0),
+     ((0.5, 1.7, 9.0), 20.0, float("inf"))],
+)  # fmt: skip
+def test_bounds_off_the_half_millisecond_grid_are_exact(
+    bounds: tuple[float, ...], ms: float, bucket: float
+) -> None:
+    """Custom bounds that are not multiples of 0.5 ms end the half-millisecond table before the
+    first interval they split: durations from there on bisect, and land where they belong."""
     rt, _ = runtime_for("reviews-v2-7d9f8c6b5d-x2k4q")
-    rt.metrics = MetricsStore((0.3, 1.7, 9.0))
+    rt.metrics = MetricsStore(bounds)
     rt.metrics.record_http(request("inbound", "inbound|9080||", "10.0.0.5", ms=ms), rt)
     [series] = rt.metrics.requests.values()
-    assert series.duration.counts[(0.3, 1.7, 9.0).index(bucket)] == 1
+    assert series.duration.counts[(*bounds, float("inf")).index(bucket)] == 1
+    assert series.duration.sum == pytest.approx(ms, abs=1e-9)
 
 
 def test_merge_sums_series_of_two_stores() -> None:
