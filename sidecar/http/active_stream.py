@@ -154,14 +154,11 @@ class ActiveStream(RouteStage):
         r = table.route(head) if table is not None else None
         tracer = conn.runtime.tracer
         if tracer is not None:  # after routing, as Envoy: the span is named by the route
-            if head.traced:  # the caller's context decides
+            if head.traced or not tracer.untraced:  # the caller's context, or sampled
                 tracer.begin(head, self.info, r.route if r is not None else None)
-            elif tracer.untraced:  # the usual request: not sampled (tracing.py: the gap)
+            else:  # the usual request: not sampled (tracing.py: the countdown)
                 tracer.untraced -= 1
                 head.not_sampled = True
-            else:  # sampled: the next gap is drawn
-                tracer.untraced = tracer.gap()
-                tracer.begin(head, self.info, r.route if r is not None else None)
         if head.expect_continue:
             conn.send_continue()
         if r is None:

@@ -11,9 +11,9 @@ no trace header, is settled inline by the request path (active_stream.py) withou
 its own: the tracer keeps how many such requests go unsampled before the next one is sampled
 (`untraced`, a geometric draw made when it runs out: the same odds, request by request, as a
 draw each), and the request path counts it down and sets `RequestHead.not_sampled`, which the
-encoders write; no call, no allocation. A
-sampled request gets a small slotted `SpanRecord` on its StreamInfo (ids, name, url) and its
-upstream head carries the child context: this proxy's span id, with the caller's span as parent.
+encoders write; no call, no allocation. A sampled request gets a small slotted `SpanRecord` on
+its StreamInfo (ids, name, url) and its upstream head carries the child context: this proxy's
+span id, with the caller's span as parent.
 
 When the request ends (`finish`, from stream_info.finish_request), the record and the StreamInfo
 become one `FinishedSpan` with Envoy's tags, kind CLIENT on outbound listeners and SERVER on
@@ -130,8 +130,9 @@ class Tracer:
             if not sampled:
                 head.headers = inject_unsampled(head.headers, ctx)
                 return
-        else:
+        else:  # sampled by the countdown: the next gap
             ctx = NO_CONTEXT
+            self.untraced = self.gap()
         present = ctx is not NO_CONTEXT
         rng = self._rng
         trace_id = ctx.trace_id or rng.getrandbits(128) or 1

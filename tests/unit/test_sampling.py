@@ -27,7 +27,7 @@ def tracer(percent: float) -> Tracer:
 
 def sampled(t: Tracer, requests: int) -> list[bool]:
     """The decisions of `requests` requests without trace headers, as the request path makes
-    them (active_stream.py)."""
+    them (active_stream.py counts down; `Tracer.begin` draws the next gap)."""
     out = []
     for _ in range(requests):
         if t.untraced:
