@@ -25,6 +25,9 @@ if TYPE_CHECKING:
     from sidecar.upstream.cluster import ClusterManager
 
 Address = tuple[str, int]
+# Read once per request: a module global loads fast; `ResponseFlag.NONE` goes through EnumType's
+# __getattr__ hook on Python 3.11 (class attribute loads are not specialized there).
+NO_FLAGS = ResponseFlag.NONE
 
 
 def format_address(host: str, port: int) -> str:
@@ -149,7 +152,7 @@ class StreamInfo:
         self.forwarded_for = "-"
         self.response_code = 0
         self.grpc_status = None
-        self.response_flags = ResponseFlag.NONE
+        self.response_flags = NO_FLAGS
         self.response_code_details = "-"
         self.bytes_received = 0
         self.bytes_sent = 0

@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 from sidecar.upstream.dns import Resolver
 from sidecar.upstream.dns_cluster import refresh_forever, resolve_once
 from sidecar.upstream.hash_key import request_key
-from sidecar.upstream.lb import new_rng
+from sidecar.upstream.lb import ActiveCounts, new_rng
 from sidecar.upstream.locality import build_balancer
 
 
@@ -95,7 +95,7 @@ class ClusterState:
         self.workload = workload  # the proxy's own workload: its locality ranks the endpoints
         self._original_dst = cluster.discovery is DiscoveryType.ORIGINAL_DST
         self._rng = new_rng()
-        self._active: dict[Endpoint, int] = {}  # active requests/connections per endpoint
+        self._active: ActiveCounts = {}  # by (address, port): lb.py
         self._counting = cluster.lb_policy is LbPolicy.LEAST_REQUEST
         dns = cluster.discovery in DNS_DISCOVERY
         # A DNS cluster's endpoints are host names until resolved: none to pick before that.
@@ -120,7 +120,8 @@ class ClusterState:
         ep = self.lb.pick(None)
         if ep is not None and self._counting:
             active = self._active
-            active[ep] = active.get(ep, 0) + 1
+            k = (ep.address, ep.port)
+            active[k] = active.get(k, 0) + 1
         return ep
 
     def choose_hashed(
@@ -136,22 +137,24 @@ class ClusterState:
         ep = self.lb.pick(key)
         if ep is not None and self._counting:
             active = self._active
-            active[ep] = active.get(ep, 0) + 1
+            k = (ep.address, ep.port)
+            active[k] = active.get(k, 0) + 1
         return ep, cookie
 
     def release(self, endpoint: Endpoint) -> None:
         """A request or connection `choose`/`choose_hashed` returned `endpoint` for has ended."""
         if self._counting:
             active = self._active
-            n = active.get(endpoint, 0)
+            k = (endpoint.address, endpoint.port)
+            n = active.get(k, 0)
             if n > 1:
-                active[endpoint] = n - 1
+                active[k] = n - 1
             elif n == 1:
-                del active[endpoint]
+                del active[k]
 
     def active_requests(self, endpoint: Endpoint) -> int:
         """Requests/connections to `endpoint` chosen and not yet released (LEAST_REQUEST)."""
-        return self._active.get(endpoint, 0)
+        return self._active.get((endpoint.address, endpoint.port), 0)
 
     def set_endpoints(self, endpoints: tuple[Endpoint, ...]) -> None:
         """Install a new endpoint set (DNS refresh): the balancer is rebuilt for it."""

@@ -28,6 +28,11 @@ from typing import Protocol
 
 from sidecar.config.snapshot import Endpoint
 
+# Active requests/connections per endpoint, keyed by (address, port) (ClusterState keeps it):
+# equal endpoints share a count across endpoint updates, and a tuple hashes in C, where
+# Endpoint.__hash__ is Python; LEAST_REQUEST reads and the cluster writes it on every request.
+ActiveCounts = dict[tuple[str, int], int]
+
 MAX_CYCLE = 4096  # round robin: at most this many slots in the weighted cycle
 
 
@@ -140,7 +145,7 @@ class LeastRequest:
     __slots__ = ("_active", "_draw", "_endpoints", "_weights")
 
     def __init__(
-        self, endpoints: tuple[Endpoint, ...], active: dict[Endpoint, int], rng: random.Random
+        self, endpoints: tuple[Endpoint, ...], active: ActiveCounts, rng: random.Random
     ) -> None:
         self._endpoints = endpoints
         self._active = active
@@ -154,8 +159,9 @@ class LeastRequest:
         i = self._draw.index()
         j = self._draw.other(i)
         active = self._active
-        a = active.get(eps[i], 0)
-        b = active.get(eps[j], 0)
+        ei, ej = eps[i], eps[j]
+        a = active.get((ei.address, ei.port), 0)
+        b = active.get((ej.address, ej.port), 0)
         w = self._weights
         # b/w_j < a/w_i without division
         return eps[j] if b * w[i] < a * w[j] else eps[i]

@@ -32,7 +32,7 @@ import random
 from dataclasses import dataclass
 
 from sidecar.config.snapshot import Cluster, Endpoint, LbPolicy, LocalityPolicy, Workload
-from sidecar.upstream.lb import Leaf, LeastRequest, RandomLb, RoundRobin
+from sidecar.upstream.lb import ActiveCounts, Leaf, LeastRequest, RandomLb, RoundRobin
 from sidecar.upstream.lb_hash import Maglev, RingHash
 
 OVERPROVISIONING = 140  # percent: Envoy's default overprovisioning factor 1.4
@@ -126,7 +126,7 @@ def priority_loads(healths: list[int]) -> list[int]:
 def make_leaf(
     cluster: Cluster,
     endpoints: tuple[Endpoint, ...],
-    active: dict[Endpoint, int],
+    active: ActiveCounts,
     rng: random.Random,
 ) -> Leaf:
     """The cluster's lb_policy over these (eligible) endpoints."""
@@ -191,7 +191,7 @@ def build_balancer(
     cluster: Cluster,
     endpoints: tuple[Endpoint, ...],
     workload: Workload | None,
-    active: dict[Endpoint, int],
+    active: ActiveCounts,
     rng: random.Random,
 ) -> Balancer:
     """The balancer for this endpoint set (built off the request path, once per set)."""
@@ -233,7 +233,7 @@ def _distributed(
     cluster: Cluster,
     endpoints: tuple[Endpoint, ...],
     targets: tuple[tuple[str, int], ...],
-    active: dict[Endpoint, int],
+    active: ActiveCounts,
     rng: random.Random,
 ) -> Level:
     by_locality: dict[str, list[Endpoint]] = {}

@@ -10,6 +10,10 @@ from sidecar.upstream.cluster import ClusterState
 from sidecar.upstream.h2_pool import Http2Pool
 from sidecar.upstream.http1_pool import Http1Pool
 
+# Read on every request: module globals load fast, Enum members off their class do not (on
+# Python 3.11 that goes through EnumType's __getattr__ hook).
+_HTTP, _HTTP2, _GRPC = PortProtocol.HTTP, PortProtocol.HTTP2, PortProtocol.GRPC
+
 
 def upstream_http2(cluster: Cluster, head: RequestHead) -> bool:
     """HTTP/2 upstream when the port says so (http2, grpc) or h2UpgradePolicy UPGRADE; HTTP/1.1
@@ -18,9 +22,9 @@ def upstream_http2(cluster: Cluster, head: RequestHead) -> bool:
     proto = cluster.protocol
     if cluster.use_client_protocol:
         return head.version == "2"
-    if proto is PortProtocol.HTTP2 or proto is PortProtocol.GRPC:
+    if proto is _HTTP2 or proto is _GRPC:
         return True
-    if proto is PortProtocol.HTTP:
+    if proto is _HTTP:
         return cluster.h2_upgrade
     return head.version == "2"
 
