@@ -111,13 +111,16 @@ class ClusterState:
         self.in_flight = 0  # requests routed here and not finished (the max_requests breaker)
         self._dns_task: asyncio.Task[None] | None = None
 
-    def choose(self, original_dst: tuple[str, int] | None) -> Endpoint | None:
-        """The endpoint for the next request or connection, or None when there is none (UH)."""
+    def choose(
+        self, original_dst: tuple[str, int] | None, key: int | None = None
+    ) -> Endpoint | None:
+        """The endpoint for the next request or connection (for hash key `key`, when the
+        cluster hashes), or None when there is none (UH)."""
         if self._original_dst:
             if original_dst is None:
                 return None
             return Endpoint(address=original_dst[0], port=original_dst[1])
-        ep = self.lb.pick(None)
+        ep = self.lb.pick(key)
         if ep is not None and self._counting:
             active = self._active
             k = (ep.address, ep.port)
@@ -134,12 +137,7 @@ class ClusterState:
         if policy is None or self._original_dst:
             return self.choose(None), None
         key, cookie = request_key(policy, head, remote_ip, connection)
-        ep = self.lb.pick(key)
-        if ep is not None and self._counting:
-            active = self._active
-            k = (ep.address, ep.port)
-            active[k] = active.get(k, 0) + 1
-        return ep, cookie
+        return self.choose(None, key), cookie
 
     def release(self, endpoint: Endpoint) -> None:
         """A request or connection `choose`/`choose_hashed` returned `endpoint` for has ended."""
