@@ -1,10 +1,11 @@
 """Sending finished spans to a Zipkin collector, off the event loop.
 
-Theory of operation: the event loop hands each finished span (a `FinishedSpan`: ids, times and
-tags, plain data) to `SpanQueue.submit`, which appends it to a deque or, when `max_queued` are
-already waiting, drops it and counts the drop: the loop never waits and memory stays bounded. A
-daemon thread wakes every `interval` (Envoy's 5 s by default, `--zipkin-flush-interval`) and
-posts what is queued, up to `batch` spans per post, with opentelemetry-exporter-zipkin-json's
+Theory of operation: the event loop hands each ended request it sampled (what the tracer keeps of
+it) to `SpanQueue.submit`, which appends it to a deque or, when `max_queued` are already
+waiting, drops it and counts the drop: the loop never waits and memory stays bounded. A daemon
+thread wakes every `interval` (Envoy's 5 s by default, `--zipkin-flush-interval`), makes the
+queued requests' spans (`to_span`: a `FinishedSpan` each, ids, times and tags as plain data)
+and posts them, up to `batch` spans per post, with opentelemetry-exporter-zipkin-json's
 `ZipkinExporter` (Zipkin v2 JSON) and a timeout. A full batch wakes it early, and then only full
 batches go: a post costs ~1-2 ms of CPU whatever its size, so the few spans behind a batch wait
 for the timer rather than cost a post of their own. A collector that is down, slow or answers an
@@ -31,9 +32,10 @@ import json
 import logging
 import threading
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from json.encoder import encode_basestring_ascii as _quote  # json's C string escaper
 from operator import add
+from typing import Generic, TypeVar
 
 from opentelemetry.exporter.zipkin.json import ZipkinExporter
 from opentelemetry.exporter.zipkin.json.v2 import JsonV2Encoder
@@ -42,6 +44,7 @@ from opentelemetry.sdk.resources import SERVICE_NAME, Resource
 from opentelemetry.sdk.trace.export import SpanExportResult
 
 log = logging.getLogger(__name__)
+E = TypeVar("E")  # what the queue holds of one ended request until its span is made
 
 
 class SpanRecord:
@@ -154,28 +157,30 @@ def _span_json(span: FinishedSpan, endpoint: str) -> str:
     )  # fmt: skip
 
 
-class SpanQueue:
-    """A bounded queue of finished spans and the thread that posts them."""
+class SpanQueue(Generic[E]):
+    """A bounded queue of ended requests (E: whatever the tracer keeps of one) and the thread
+    that makes their spans (`to_span`) and posts them."""
 
     def __init__(
-        self, endpoint: str, max_queued: int = 4096, batch: int = 256,
-        interval: float = 5.0, timeout: int = 2,
+        self, endpoint: str, to_span: Callable[[E], FinishedSpan], max_queued: int = 4096,
+        batch: int = 256, interval: float = 5.0, timeout: int = 2,
     ) -> None:  # fmt: skip
         self.endpoint = endpoint
+        self.to_span = to_span
         self.max_queued = max_queued
         self.batch = batch
         self.interval = interval
         self.timeout = timeout
         self.counters = ExportCounters()
-        self._spans: deque[FinishedSpan] = deque()
+        self._spans: deque[E] = deque()
         self._wake = threading.Event()
         self._stopping = False
         self._thread: threading.Thread | None = None
         self._resources: dict[str, Resource] = {}
         self._failing = False
 
-    def submit(self, span: FinishedSpan) -> None:
-        """Queue a span (event loop); never blocks: a full queue drops it."""
+    def submit(self, span: E) -> None:
+        """Queue an ended request's span (event loop); never blocks: a full queue drops it."""
         spans = self._spans
         n = len(spans)
         if n >= self.max_queued:
@@ -214,9 +219,10 @@ class SpanQueue:
 
     def _take(self) -> list[FinishedSpan]:
         spans = self._spans
+        to_span = self.to_span
         out: list[FinishedSpan] = []
         while spans and len(out) < self.batch:
-            out.append(spans.popleft())
+            out.append(to_span(spans.popleft()))
         return out
 
     def _resource(self, service: str) -> Resource:

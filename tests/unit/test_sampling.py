@@ -12,14 +12,13 @@ import pytest
 
 from sidecar.bootstrap import Bootstrap, Tracing
 from sidecar.observability.tracing import NEVER, Tracer
-from sidecar.observability.tracing_export import SpanQueue
 
 REQUESTS = 200_000
 
 
 def tracer(percent: float) -> Tracer:
     boot = Bootstrap(tracing=Tracing(zipkin_address="127.0.0.1:9", sampling=percent))
-    t = Tracer(boot, SpanQueue("http://127.0.0.1:9/api/v2/spans"))  # never started: no span
+    t = Tracer(boot)  # its export thread starts with the first span: never, here
     t._rng.seed(20261127)
     t.untraced = t.gap()
     return t

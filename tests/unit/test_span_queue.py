@@ -10,11 +10,16 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from sidecar.observability.tracing_export import SpanQueue
+from sidecar.observability.tracing_export import FinishedSpan, SpanQueue
 from tests.integration.zipkin_schema import assert_valid
 from tests.unit.test_span_encoder import spans
 
 INTERVAL = 1.5  # the queue's flush timer in these tests
+
+
+def as_is(span: FinishedSpan) -> FinishedSpan:
+    """The queue's span maker for spans that are made already."""
+    return span
 
 
 @contextmanager
@@ -51,7 +56,7 @@ def wait_for(posts: list[list[dict[str, object]]], count: int, timeout: float) -
 
 def test_a_full_batch_goes_at_once_and_the_spans_behind_it_on_the_timer() -> None:
     with collector() as (url, posts):
-        queue = SpanQueue(url, batch=4, interval=INTERVAL)
+        queue = SpanQueue(url, as_is, batch=4, interval=INTERVAL)
         started = time.monotonic()
         for span in [*spans(), *spans()[:1]]:  # 5 spans: one full batch and one more
             queue.submit(span)
@@ -71,7 +76,7 @@ def test_a_full_batch_goes_at_once_and_the_spans_behind_it_on_the_timer() -> Non
 
 def test_closing_posts_what_is_queued_without_waiting_for_the_timer() -> None:
     with collector() as (url, posts):
-        queue = SpanQueue(url, batch=4, interval=60.0)
+        queue = SpanQueue(url, as_is, batch=4, interval=60.0)
         for span in spans()[:3]:
             queue.submit(span)
         started = time.monotonic()
