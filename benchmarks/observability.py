@@ -16,7 +16,9 @@ While each measured run goes, a thread in this process GETs the Prometheus endpo
 Envoy's own stats). After the run, the last scrape's istio_requests_total and the admin's
 tracing.zipkin.spans_sent show that each arm did what it claims. The table gives, per arm, the
 median over rounds of req/s and of CPU us/request, each with its ratio to "off" and the
-median of the per-round ratios (each round's arm divided by the same round's "off": "paired").
+median of the per-round ratios (each round's arm divided by the same round's "off": "paired"),
+and below it each arm's mean req/s ratio per round with its 95% confidence interval
+(interval.py): the number to hold against a bar such as "within 5% of off".
 A run that saw errors, non-2xx or a failed check is left out of the medians (listed below).
 
 With --together the arms of a round run at the same time instead, each under its own wrk,
@@ -57,6 +59,7 @@ from pathlib import Path
 
 import loadgen
 import obs_profile
+from interval import mean_interval
 from procs import (
     HarnessError,
     Pinning,
@@ -360,6 +363,12 @@ def summary(runs: list[ArmRun], with_h2: bool) -> str:
     lines.append("")
     for r in runs:
         lines += [f"- {r.arm} round {r.round} left out of the medians: {p}" for p in r.problems]
+    for arm, rs in by_arm.items():
+        ratios = [r.rps / base[r.round].rps for r in rs if r.round in base and base[r.round].rps]
+        if arm != "off" and len(ratios) >= 2:
+            mean, low, high = mean_interval(ratios)
+            lines.append(f"- {arm}: req/s x off per round: mean {mean:.3f}, 95% interval "
+                         f"{low:.3f}-{high:.3f} ({len(ratios)} rounds)")
     for arm, rs in by_arm.items():
         lines.append(f"- {arm}: {describe(arm)}; req/s per round: "
                      + ", ".join(f"{r.rps:,.0f}" for r in rs) + "; CPU us/req per round: "
