@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from sidecar.bootstrap import Bootstrap
     from sidecar.config.snapshot import Endpoint, FilterChain, Listener, Snapshot
     from sidecar.http.grpc_messages import GrpcMessages
+    from sidecar.http.stream import Headers, RequestHead, ResponseHead
     from sidecar.observability.tracing import Tracer
     from sidecar.observability.tracing_export import SpanRecord
     from sidecar.upstream.cluster import ClusterManager
@@ -79,12 +80,15 @@ class StreamInfo:
         "path",
         "protocol",
         "request_end_mono",
+        "request_head",
         "request_id",
         "requested_server_name",
         "response_code",
         "response_code_details",
         "response_flags",
+        "response_head",
         "response_start_mono",
+        "response_trailers",
         "route_name",
         "start_mono",
         "start_time",
@@ -138,6 +142,11 @@ class StreamInfo:
     grpc_messages: GrpcMessages | None
     # Set by the tracer on sampled requests only (observability/tracing.py).
     trace: SpanRecord | None
+    # HTTP: the heads and trailers as they went, for the access log's %REQ/RESP/TRAILER(X)%
+    # (read only when a line is written); None until there is one (and for TCP).
+    request_head: RequestHead | None
+    response_head: ResponseHead | None
+    response_trailers: Headers | None
 
     def __init__(self, start_time: float | None = None) -> None:
         self.start_time = time.time() if start_time is None else start_time
@@ -174,7 +183,7 @@ class StreamInfo:
         self.downstream_remote_ip = "-"
         self.upstream_endpoint = None
         self.grpc_messages = None
-        self.trace = None
+        self.trace = self.request_head = self.response_head = self.response_trailers = None
 
     def __repr__(self) -> str:
         fields = {name: getattr(self, name) for name in self.__slots__}

@@ -142,6 +142,7 @@ class ActiveStream(RouteStage):
         self.retried = False
         # gRPC calls count their messages each way (grpc_messages.py); None for the rest.
         self.grpc_msgs = info.grpc_messages = for_call(head) if head.grpc else None
+        info.request_head = head
 
     # request side (called by the connection manager) ---------------------------------------
 
@@ -383,6 +384,7 @@ class ActiveStream(RouteStage):
             head.service_time = t
         info.response_code = head.status
         info.response_code_details = VIA_UPSTREAM
+        info.response_head = head
         if self.head.grpc:
             self.info.grpc_status = grpc.status_of(head.headers)  # trailers-only responses
         if head.status == 101:
@@ -403,8 +405,11 @@ class ActiveStream(RouteStage):
     def on_response_end(self, end: End) -> None:
         if self.upgrading:
             return  # the switch follows in on_upgraded
-        if end.trailers is not None and self.head.grpc:
-            self.info.grpc_status = grpc.status_of(end.trailers)
+        trailers = end.trailers
+        if trailers is not None:
+            self.info.response_trailers = trailers
+            if self.head.grpc:
+                self.info.grpc_status = grpc.status_of(trailers)
         self.conn.send_end(end)
         self.response_done = True
         if self.request_done:

@@ -102,8 +102,14 @@ class RequestHead:
         if lifted is not None:
             value: bytes | None = getattr(self, lifted)
             return value
-        found = [v for n, v in self.headers if n.lower() == lname]
-        return b",".join(found) if found else None
+        return find_header(self.headers, lname)
+
+
+def find_header(headers: Headers, lname: bytes) -> bytes | None:
+    """Value of a header in `headers` by lower-case name (repeated headers joined by ",");
+    not hot."""
+    found = [v for n, v in headers if n.lower() == lname]
+    return b",".join(found) if found else None
 
 
 _LIFTED_REQUEST = {
@@ -135,6 +141,13 @@ class ResponseHead:
         # x-envoy-upstream-service-time (ms) this proxy adds to a response from upstream, which
         # the encoders write (lifted like x-request-id); -1: none (the proxy's own replies).
         self.service_time = -1
+
+    def header(self, lname: bytes) -> bytes | None:
+        """Value of a header by lower-case name, the lifted content-length included; not hot."""
+        if lname == b"content-length":
+            n = self.content_length
+            return None if n == NO_LENGTH else b"%d" % n
+        return find_header(self.headers, lname)
 
 
 class End:

@@ -2,8 +2,13 @@
 
 Theory of operation: a StreamInfo keeps a few request headers as attributes (method, path,
 authority, user agent, x-forwarded-for, x-request-id) and three response values (the upstream
-service time, the status, grpc-status); a header operator is compiled to a getter of those, with
-its fallback header and truncation, or refused at start naming the header that is not kept.
+service time, the status, grpc-status); an operator on one of those compiles to a getter of the
+attribute. Any other header is looked up by name when a line is written, in the request head,
+response head or trailers the StreamInfo refers to (as they went: the request with this proxy's
+edits, the response as received from upstream), repeated headers joined by ",", the headers
+a codec lifted out of the list (x-request-id, content-length, ...) included; `-` when absent (a
+local reply has no response head, a TCP connection neither). A pseudo-header other than
+:method, :path, :authority and :scheme is refused at start.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from operator import attrgetter
 from typing import TYPE_CHECKING
 
 from sidecar.errors import BootstrapError
+from sidecar.http.stream import find_header
 from sidecar.observability.access_log_fields import (
     Field,
     attr_field,
@@ -31,17 +37,27 @@ REQUEST_HEADERS = {
     "x-request-id": "request_id",
 }  # fmt: skip
 _ORIGINAL_PATH = "x-envoy-original-path"
+_DECODE = "latin-1"
 
 
-def _request_attr(header: str, spelled: str) -> str:
+def _request_getter(header: str, spelled: str) -> Callable[[StreamInfo], str]:
+    """The value of request header `header` (lower case) of a StreamInfo, "-" when absent."""
     attr = REQUEST_HEADERS.get(header)
-    if attr is None:
-        kept = ", ".join(sorted({*REQUEST_HEADERS, f"{_ORIGINAL_PATH}?:path"}))
+    if attr is not None:
+        return attrgetter(attr)
+    if header.startswith(":") and header != ":scheme":
         raise BootstrapError(
-            f"access log format: {spelled}: request header {header!r} is not kept by this "
-            f"proxy (available: {kept})"
+            f"access log format: {spelled}: request pseudo-header {header!r} is not known "
+            "(available: :authority, :method, :path, :scheme)"
         )
-    return attr
+    name = header.encode(_DECODE)
+
+    def get(i: StreamInfo) -> str:
+        head = i.request_head
+        value = head.header(name) if head is not None else None
+        return value.decode(_DECODE) if value else "-"
+
+    return get
 
 
 def request_header(
@@ -50,13 +66,12 @@ def request_header(
     main, _, alt = arg.lower().partition("?")
     if main == _ORIGINAL_PATH and alt == ":path":
         main, alt = ":path", ""  # the StreamInfo's path is the one received, before rewrites
-    attr = _request_attr(main, spelled)
-    if not alt and not without_query and max_len is None:
-        return attr_field(attr)
-    first: Callable[[StreamInfo], str] = attrgetter(attr)
+    if main in REQUEST_HEADERS and not alt and not without_query and max_len is None:
+        return attr_field(REQUEST_HEADERS[main])
+    first = _request_getter(main, spelled)
     get = first
     if alt:
-        second: Callable[[StreamInfo], str] = attrgetter(_request_attr(alt, spelled))
+        second = _request_getter(alt, spelled)
 
         def get(i: StreamInfo) -> str:
             v = first(i)
@@ -71,23 +86,65 @@ def request_header(
     return string_field(get, max_len)
 
 
-def response_value(operator: str, arg: str) -> Field:
-    """RESP(X) and TRAILER(X): the proxy keeps only a few response values."""
-    name = arg.lower()
+def response_value(spelled: str, operator: str, arg: str, max_len: int | None) -> Field:
+    """RESP(X?Y):Z and TRAILER(X?Y):Z: a value the StreamInfo keeps (a JSON string of a
+    number), else the header as received."""
+    main, _, alt = arg.lower().partition("?")
+    if not alt and max_len is None:
+        kept = _kept_response_value(operator, main)
+        if kept is not None:
+            return optional_number_field(kept, as_string=True)
+    first = _response_getter(spelled, operator, main)
+    get = first
+    if alt:
+        second = _response_getter(spelled, operator, alt)
+
+        def get(i: StreamInfo) -> str:
+            v = first(i)
+            return second(i) if is_unset(v) else v
+
+    return string_field(get, max_len)
+
+
+def _kept_response_value(operator: str, name: str) -> Callable[[StreamInfo], int | None] | None:
     if operator == "RESP" and name == "x-envoy-upstream-service-time":
-        return optional_number_field(attrgetter("upstream_service_time_ms"), as_string=True)
+        return attrgetter("upstream_service_time_ms")
     if operator == "RESP" and name == ":status":
-        return optional_number_field(lambda i: i.response_code or None, as_string=True)
-    if name == "grpc-status":
-        return optional_number_field(attrgetter("grpc_status"), as_string=True)
-    available = "x-envoy-upstream-service-time, :status, grpc-status"
-    where = "response header"
-    if operator == "TRAILER":
-        available, where = "grpc-status", "response trailer"
-    raise BootstrapError(
-        f"access log format: %{operator}({arg})%: {where} {name!r} is not kept by this proxy "
-        f"(available: {available})"
-    )
+        return lambda i: i.response_code or None
+    if name == "grpc-status":  # a header of trailers-only replies, else a trailer
+        return attrgetter("grpc_status")
+    return None
+
+
+def _response_getter(spelled: str, operator: str, name: str) -> Callable[[StreamInfo], str]:
+    """The value of response header (or trailer) `name` of a StreamInfo, "-" when absent."""
+    kept = _kept_response_value(operator, name)
+    if kept is not None:
+        number = kept
+
+        def get_kept(i: StreamInfo) -> str:
+            v = number(i)
+            return "-" if v is None else str(v)
+
+        return get_kept
+    if name.startswith(":"):
+        raise BootstrapError(
+            f"access log format: {spelled}: response pseudo-header {name!r} is not known "
+            "(available: :status)"
+        )
+    lname = name.encode(_DECODE)
+
+    def from_trailers(i: StreamInfo) -> str:
+        trailers = i.response_trailers
+        value = find_header(trailers, lname) if trailers is not None else None
+        return value.decode(_DECODE) if value else "-"
+
+    def from_head(i: StreamInfo) -> str:
+        head = i.response_head
+        value = head.header(lname) if head is not None else None
+        return value.decode(_DECODE) if value else "-"
+
+    return from_trailers if operator == "TRAILER" else from_head
 
 
 _GRPC_NAMES = (

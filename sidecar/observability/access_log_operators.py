@@ -219,12 +219,7 @@ def operator_field(name: str, arg: str | None, max_len: int | None) -> Field:
         if name in ("REQ", "REQUEST_HEADER", "REQ_WITHOUT_QUERY"):
             return request_header(spelled, arg, max_len, name == "REQ_WITHOUT_QUERY")
         short = "RESP" if name in ("RESP", "RESPONSE_HEADER") else "TRAILER"
-        main = arg.partition("?")[0]  # no response header has a useful fallback here
-        field = response_value(short, main)
-        if max_len is None:
-            return field
-        text, json = field.text, field.json
-        return Field(lambda i: str(text(i))[:max_len], json)
+        return response_value(spelled, short, arg, max_len)
     fixed = _FIXED.get(name)
     with_argument = _WITH_ARGUMENT.get(name)
     if fixed is None and with_argument is None:

@@ -90,7 +90,7 @@ def get(port: int, path: str, request_id: str) -> int:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=TIMEOUT)
     try:
         conn.request("GET", path, headers={"user-agent": "fmt-test/1.0", "x-request-id": request_id,
-                                           "x-forwarded-for": "10.1.2.3"})
+                                           "x-forwarded-for": "10.1.2.3", "X-Tenant": "acme"})
         resp = conn.getresponse()
         resp.read()
         return resp.status
@@ -221,6 +221,29 @@ def test_custom_format_string(servers: Servers) -> None:
     ), tcp
 
 
+HEADERS = (
+    "rid=%REQ(X-REQUEST-ID)% tenant=%REQ(X-TENANT)% alt=%REQ(X-NONE?X-TENANT):3% "
+    "type=[%RESP(CONTENT-TYPE)%] len=%RESP(CONTENT-LENGTH)% server=[%RESP(SERVER)%] "
+    "none=%RESP(X-NONE)% trailer=%TRAILER(X-CHECKSUM)%"
+)
+
+
+def test_any_request_and_response_header(servers: Servers) -> None:
+    """%REQ(X)% and %RESP(X)% of headers the proxy does not keep itself: the request's as
+    sent upstream, the response's as received; "-" where there is none."""
+    lines, _ = run_traffic(servers, "--access-log-format", HEADERS)
+    ok = by_marker(lines, "rid=rid-ok")
+    assert re.fullmatch(
+        r"rid=rid-ok tenant=acme alt=acm type=\[-\] len=20 server=\[BaseHTTP/\S+ Python/\S+\] "
+        r"none=- trailer=-",
+        ok,
+    ), ok
+    dead = by_marker(lines, "rid=rid-dead")  # the proxy's own 503: no upstream response head
+    assert dead == "rid=rid-dead tenant=acme alt=acm type=[-] len=- server=[-] none=- trailer=-"
+    tcp = by_marker(lines, "rid=-")
+    assert tcp == "rid=- tenant=- alt=- type=[-] len=- server=[-] none=- trailer=-", tcp
+
+
 def test_json_format_dictionary(servers: Servers) -> None:
     fmt = json.dumps({
         "when": "%START_TIME(%Y/%m/%d)%",
@@ -255,7 +278,7 @@ def test_json_format_dictionary(servers: Servers) -> None:
     ("fmt", "named"),
     [
         ("[%START_TIME%] %UPSTREAM_HOST% %NOT_AN_OPERATOR%", "NOT_AN_OPERATOR"),
-        ("%REQ(X-CUSTOM-HEADER)%", "x-custom-header"),
+        ("%REQ(:PROTOCOL)%", ":protocol"),
         ('{"a": "%DYNAMIC_METADATA(envoy.lb)%"}', "DYNAMIC_METADATA"),
     ],
 )

@@ -10,6 +10,7 @@ import pytest
 
 from sidecar.bootstrap import build
 from sidecar.errors import BootstrapError
+from sidecar.http.stream import RequestHead, ResponseHead
 from sidecar.observability.access_log_format import (
     ISTIO_JSON,
     ISTIO_TEXT,
@@ -108,6 +109,59 @@ def test_response_values_and_grpc_status() -> None:
     assert one("%GRPC_STATUS% %RESP(:STATUS)%", tcp_info()) == "- -"
 
 
+def with_heads() -> StreamInfo:
+    """An HTTP StreamInfo with its request head, response head and trailers, as the request
+    path leaves them: names as received (any case), some headers lifted out of the list."""
+    info = http_info()
+    head = RequestHead(b"GET", b"/reviews/0?x=1", [
+        (b"X-Tenant", b"acme"), (b"accept", b"text/html"), (b"accept", b"*/*"),
+        (b"x-b3-traceid", b"463ac35c9f6413ad48485a3953bb6124"),
+    ])  # fmt: skip
+    head.request_id = b"5f1b4e0a-1c2d-4e5f-8a9b-0c1d2e3f4a5b"
+    head.scheme = b"https"
+    info.request_head = head
+    info.response_head = ResponseHead(503, b"", [
+        (b"Content-Type", b"application/json"), (b"set-cookie", b"a=1"),
+    ])  # fmt: skip
+    info.response_trailers = [(b"grpc-message", b"backend down")]
+    return info
+
+
+def test_any_request_header_by_name() -> None:
+    info = with_heads()
+    assert one("%REQ(x-tenant)% %REQ(X-TENANT):2% %REQ(ACCEPT)% %REQ(X-B3-TRACEID)%", info) == (
+        "acme ac text/html,*/* 463ac35c9f6413ad48485a3953bb6124"
+    )  # names match in any case; repeated headers are joined by ","
+    assert one("%REQ(X-NONE)% %REQ(X-NONE?X-TENANT)% %REQ(X-TENANT?X-NONE)%", info) == (
+        "- acme acme"
+    )
+    assert one("%REQ(:SCHEME)% %REQ(X-REQUEST-ID)%", info) == (
+        "https 5f1b4e0a-1c2d-4e5f-8a9b-0c1d2e3f4a5b"
+    )  # lifted out of the list by the codec, still found
+    assert one("%REQ(X-TENANT)% %REQ(X-NONE?X-TENANT)%", http_info()) == "- -"  # no head kept
+    assert one("%REQ(X-TENANT)%", tcp_info()) == "-"
+    rec = json.loads(compile_format('{"t": "%REQ(X-TENANT)%", "n": "%REQ(X-NONE)%"}').format(info))
+    assert rec == {"t": "acme", "n": None}
+
+
+def test_any_response_header_and_trailer_by_name() -> None:
+    info = with_heads()
+    fmt = ("%RESP(CONTENT-TYPE)% %RESP(content-type):4% %RESP(SET-COOKIE)% %RESP(X-NONE)% "
+           "%RESP(X-NONE?CONTENT-TYPE)% %TRAILER(GRPC-MESSAGE)% %TRAILER(CONTENT-TYPE)%")
+    assert one(fmt, info) == (
+        "application/json appl a=1 - application/json backend down -"
+    )  # a trailer is not a header, nor the other way round
+    assert one("%RESP(:STATUS?X-NONE)% %RESP(X-NONE?:STATUS)% %RESP(:STATUS):2%", info) == (
+        "503 503 50"
+    )
+    local = http_info()  # a local reply: no response head from upstream
+    assert one("%RESP(CONTENT-TYPE)% %TRAILER(GRPC-MESSAGE)%", local) == "- -"
+    rec = json.loads(compile_format(
+        '{"ct": "%RESP(CONTENT-TYPE)%", "none": "%RESP(X-NONE)%", "st": "%RESP(:STATUS)%"}'
+    ).format(info))  # fmt: skip
+    assert rec == {"ct": "application/json", "none": None, "st": "503"}
+
+
 def test_addresses_flags_durations_and_counts() -> None:
     info = http_info()
     info.downstream_remote_address = "[fd00::9]:51234"
@@ -170,10 +224,10 @@ def test_json_escapes_hostile_values() -> None:
     [
         ("%NOPE%", "unknown command operator NOPE"),
         ("x %START_TIME% %UPSTREAM_HOSTS%", "%UPSTREAM_HOSTS%: unknown command operator"),
-        ("%REQ(X-CUSTOM)%", "%REQ(X-CUSTOM)%: request header 'x-custom' is not kept"),
-        ("%REQ(X-ENVOY-ORIGINAL-PATH)%", "'x-envoy-original-path' is not kept"),
-        ("%RESP(SET-COOKIE)%", "response header 'set-cookie' is not kept"),
-        ("%TRAILER(X-T)%", "response trailer 'x-t' is not kept"),
+        ("%REQ(:PROTOCOL)%", "%REQ(:PROTOCOL)%: request pseudo-header ':protocol' is not known"),
+        ("%REQ(X-A?:NOPE):3%", "%REQ(X-A?:NOPE):3%: request pseudo-header ':nope'"),
+        ("%RESP(:REASON)%", "%RESP(:REASON)%: response pseudo-header ':reason' is not known"),
+        ("%TRAILER(X-T?:S)%", "response pseudo-header ':s' is not known"),
         ("%REQ%", "needs a header name"),
         ("%DYNAMIC_METADATA(a:b)%", "DYNAMIC_METADATA has no data in this proxy"),
         ("%BYTES_SENT:3%", "BYTES_SENT takes no :length"),
