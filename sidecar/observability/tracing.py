@@ -15,11 +15,11 @@ encoders write; no call, no allocation. A sampled request gets a small slotted `
 its StreamInfo (ids, name, url) and its upstream head carries the child context: this proxy's
 span id, with the caller's span as parent.
 
-When the request ends (`finish`, from stream_info.finish_request), the record and the StreamInfo
-go to the export queue as they are (tracing_export.py). Its thread makes them one `FinishedSpan`
-with Envoy's tags, kind CLIENT on outbound listeners and SERVER on inbound ones (`span_of`), and
-posts it: the event loop does none of that work (16k instructions per sampled request, which
-on the loop ran cold, once in a hundred requests; the thread runs it a batch at a time).
+When the request ends (`finish`, from stream_info.finish_request), what the span needs of the
+record and the StreamInfo goes to the export queue (tracing_export.py) packed in one bytes object
+(marshal), so none of the request's objects outlives it. The export thread makes it one
+`FinishedSpan` with Envoy's tags, kind CLIENT on outbound listeners and SERVER on inbound ones
+(`span_of`), and posts it: the event loop does none of that work.
 
 Span names are Envoy's: the route's decorator operation, which the translator sets as Istio does
 (`reviews.default.svc.cluster.local:9080/*` for a service without a VirtualService; a VS route's
@@ -37,6 +37,7 @@ import math
 import os
 import random
 import sys
+from marshal import dumps, loads
 from typing import TYPE_CHECKING
 
 from sidecar.observability.tracing_context import (
@@ -46,9 +47,7 @@ from sidecar.observability.tracing_context import (
     inject_unsampled,
 )
 from sidecar.observability.tracing_export import FinishedSpan, SpanQueue, SpanRecord
-
-# A sampled request as it ended: its record, its StreamInfo, and the proxy's service and zone.
-Ended = tuple[SpanRecord, "StreamInfo", str, str]
+from sidecar.outcome import ResponseFlag
 
 if TYPE_CHECKING:
     from sidecar.bootstrap import Bootstrap
@@ -163,48 +162,62 @@ class Tracer:
     # request end -----------------------------------------------------------------------------
 
     def finish(self, record: SpanRecord, info: StreamInfo, runtime: Runtime) -> None:
-        """Queue the request's span: what it needs, as it is; the export thread makes the span
-        (`span_of`), so a sampled request costs the event loop one small tuple here."""
-        service, zone = self._service(runtime)
-        self.queue.submit((record, info, service, zone))
+        """Queue the request's span as one bytes object, what its tags need packed by marshal
+        (C, a few microseconds); the export thread makes the span from it (`span_of`).
 
-    def span_of(self, ended: Ended) -> FinishedSpan:
-        """The span of an ended request, with Envoy's tags (run by the export thread; the
-        request is over, so nothing writes its StreamInfo any more)."""
-        record, info, service, zone = ended
-        code = info.response_code
+        Only that object stays alive until the post, up to `--zipkin-flush-interval` later:
+        keeping the request's own objects (record, StreamInfo, heads) that long cost every
+        request ~2% of its CPU at 1% sampling (benchmarks/README.md, sixth pass). The blocks
+        they pin keep the allocator from reusing the cache-hot blocks each request frees."""
+        service, zone = self._service(runtime)
+        self.queue.submit(dumps((
+            record.trace_id, record.span_id, record.parent_id, record.debug, record.name,
+            record.url, record.extra,
+            record.request_id if info.request_id == "-" else info.request_id,
+            info.method, info.protocol, info.response_code, info.grpc_status,
+            info.upstream_cluster, info.upstream_host, info.downstream_remote_ip,
+            info.bytes_received, info.bytes_sent, info.response_flags._value_, info.user_agent,
+            info.direction == "outbound", info.start_time, info.start_mono, info.end_mono,
+            service, zone,
+        )))  # fmt: skip
+
+    def span_of(self, ended: bytes) -> FinishedSpan:
+        """The span, with Envoy's tags, of a request `finish` packed (run by the export
+        thread)."""
+        (trace_id, span_id, parent_id, debug, name, url, extra, request_id, method, protocol,
+         code, grpc_status, cluster, host, peer, received, sent, flags, user_agent, client,
+         start_time, start_mono, end_mono, service, zone) = loads(ended)  # fmt: skip
+        record = SpanRecord(trace_id, span_id, parent_id, debug, name, url, extra)
         tags = {
             "component": "proxy",
             "node_id": self.node_id,
-            "guid:x-request-id": record.request_id if info.request_id == "-" else info.request_id,
-            "http.url": record.url,
-            "http.method": info.method,
-            "http.protocol": info.protocol,
+            "guid:x-request-id": request_id,
+            "http.url": url,
+            "http.method": method,
+            "http.protocol": protocol,
             "http.status_code": str(code),
             "downstream_cluster": "-",
-            "upstream_cluster": info.upstream_cluster,
-            "upstream_cluster.name": info.upstream_cluster,
-            "upstream_address": info.upstream_host,
-            "peer.address": info.downstream_remote_ip,
-            "request_size": str(info.bytes_received),
-            "response_size": str(info.bytes_sent),
-            "response_flags": info.response_flags.code(),
-            "user_agent": info.user_agent,
+            "upstream_cluster": cluster,
+            "upstream_cluster.name": cluster,
+            "upstream_address": host,
+            "peer.address": peer,
+            "request_size": str(received),
+            "response_size": str(sent),
+            "response_flags": ResponseFlag(flags).code(),
+            "user_agent": user_agent,
         }
         if zone:
             tags["zone"] = zone
-        if record.extra is not None:
-            tags.update(record.extra)
-        grpc_status = info.grpc_status
+        if extra is not None:
+            tags.update(extra)
         if grpc_status is not None:
             tags["grpc.status_code"] = str(grpc_status)
         if code == 0 or code >= 500 or grpc_status in GRPC_ERRORS:
             tags["error"] = "true"
-        start_ns = int(info.start_time * 1e9)
-        duration_ns = int(((info.end_mono or info.start_mono) - info.start_mono) * 1e9)
+        start_ns = int(start_time * 1e9)
+        duration_ns = int(((end_mono or start_mono) - start_mono) * 1e9)
         return FinishedSpan(
-            record, info.direction == "outbound", start_ns, start_ns + max(duration_ns, 1000),
-            service, tags,
+            record, client, start_ns, start_ns + max(duration_ns, 1000), service, tags
         )  # fmt: skip
 
     def _service(self, runtime: Runtime) -> tuple[str, str]:
