@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from operator import attrgetter
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 from sidecar.errors import BootstrapError
 from sidecar.http.stream import find_header
@@ -40,16 +40,32 @@ _ORIGINAL_PATH = "x-envoy-original-path"
 _DECODE = "latin-1"
 
 
+def _refuse_pseudo(spelled: str, where: str, name: str, available: str) -> NoReturn:
+    raise BootstrapError(
+        f"access log format: {spelled}: {where} pseudo-header {name!r} is not known "
+        f"(available: {available})"
+    )
+
+
+def _or_else(
+    first: Callable[[StreamInfo], str], second: Callable[[StreamInfo], str]
+) -> Callable[[StreamInfo], str]:
+    """`%X?Y%`: the first header's value, else the second's."""
+
+    def get(i: StreamInfo) -> str:
+        v = first(i)
+        return second(i) if is_unset(v) else v
+
+    return get
+
+
 def _request_getter(header: str, spelled: str) -> Callable[[StreamInfo], str]:
     """The value of request header `header` (lower case) of a StreamInfo, "-" when absent."""
     attr = REQUEST_HEADERS.get(header)
     if attr is not None:
         return attrgetter(attr)
     if header.startswith(":") and header != ":scheme":
-        raise BootstrapError(
-            f"access log format: {spelled}: request pseudo-header {header!r} is not known "
-            "(available: :authority, :method, :path, :scheme)"
-        )
+        _refuse_pseudo(spelled, "request", header, ":authority, :method, :path, :scheme")
     name = header.encode(_DECODE)
 
     def get(i: StreamInfo) -> str:
@@ -68,15 +84,9 @@ def request_header(
         main, alt = ":path", ""  # the StreamInfo's path is the one received, before rewrites
     if main in REQUEST_HEADERS and not alt and not without_query and max_len is None:
         return attr_field(REQUEST_HEADERS[main])
-    first = _request_getter(main, spelled)
-    get = first
+    get = _request_getter(main, spelled)
     if alt:
-        second = _request_getter(alt, spelled)
-
-        def get(i: StreamInfo) -> str:
-            v = first(i)
-            return second(i) if is_unset(v) else v
-
+        get = _or_else(get, _request_getter(alt, spelled))
     if without_query:
         whole = get
 
@@ -94,15 +104,9 @@ def response_value(spelled: str, operator: str, arg: str, max_len: int | None) -
         kept = _kept_response_value(operator, main)
         if kept is not None:
             return optional_number_field(kept, as_string=True)
-    first = _response_getter(spelled, operator, main)
-    get = first
+    get = _response_getter(spelled, operator, main)
     if alt:
-        second = _response_getter(spelled, operator, alt)
-
-        def get(i: StreamInfo) -> str:
-            v = first(i)
-            return second(i) if is_unset(v) else v
-
+        get = _or_else(get, _response_getter(spelled, operator, alt))
     return string_field(get, max_len)
 
 
@@ -128,10 +132,7 @@ def _response_getter(spelled: str, operator: str, name: str) -> Callable[[Stream
 
         return get_kept
     if name.startswith(":"):
-        raise BootstrapError(
-            f"access log format: {spelled}: response pseudo-header {name!r} is not known "
-            "(available: :status)"
-        )
+        _refuse_pseudo(spelled, "response", name, ":status")
     lname = name.encode(_DECODE)
 
     def from_trailers(i: StreamInfo) -> str:
