@@ -1,16 +1,16 @@
 """Sending finished spans to a Zipkin collector, off the event loop.
 
 Theory of operation: the event loop hands each ended request it sampled (what the tracer keeps of
-it) to `SpanQueue.submit`, which appends it to a deque or, when `max_queued` are already
-waiting, drops it and counts the drop: the loop never waits and memory stays bounded. A daemon
-thread wakes every `interval` (Envoy's 5 s by default, `--zipkin-flush-interval`), makes the
-queued requests' spans (`to_span`: a `FinishedSpan` each, ids, times and tags as plain data)
-and posts them, up to `batch` spans per post, with opentelemetry-exporter-zipkin-json's
-`ZipkinExporter` (Zipkin v2 JSON) and a timeout. A full batch wakes it early, and then only full
-batches go: a post costs ~1-2 ms of CPU whatever its size, so the few spans behind a batch wait
-for the timer rather than cost a post of their own. A collector that is down, slow or answers an
-error only costs that thread time and counts a failed report; spans that arrive meanwhile are
-dropped once the queue is full.
+it: one bytes object, Tracer.finish) to `SpanQueue.submit`, which appends it to a deque or, when
+`max_queued` are already waiting, drops it and counts the drop: the loop never waits and memory
+stays bounded. A daemon thread wakes every `interval` (Envoy's 5 s by default,
+`--zipkin-flush-interval`), makes the queued requests' spans (`to_span`: a `FinishedSpan` each,
+ids, times and tags as plain data) and posts them, up to `batch` spans per post, with
+opentelemetry-exporter-zipkin-json's `ZipkinExporter` (Zipkin v2 JSON) and a timeout. A full batch
+wakes it early, and then only full batches go: a post costs ~1-2 ms of CPU whatever its size, so
+the few spans behind a batch wait for the timer rather than cost a post of their own. A collector
+that is down, slow or answers an error only costs that thread time and counts a failed report;
+spans that arrive meanwhile are dropped once the queue is full.
 
 The spans are encoded by `SpanEncoder`, a subclass of the exporter's own `JsonV2Encoder` that
 takes `FinishedSpan`s as they are and writes each one's JSON text directly: one format string
